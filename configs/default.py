@@ -1,0 +1,45 @@
+"""The original Keras notebook, field by field.
+
+Command:
+  python main.py --config=configs/default.py
+
+Expected: about 97% test accuracy after 10 epochs (the notebook reached 96.92%).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the notebook's hyperparameters."""
+  config = ml_collections.ConfigDict()
+
+  # Data.
+  config.dataset = 'mnist'  # tfds name, optionally with a version ('mnist:3.0.1').
+  config.data_dir = config_dict.placeholder(str)  # None: TFDS_DATA_DIR or tfds's default.
+  config.validation_fraction = 0.1  # Share of the train split held out, fixed by data_seed.
+  # The notebook's tf.data shuffle buffer. Our in-memory and on-device shuffles are full
+  # permutations (an unbounded buffer), so it only documents the original.
+  config.shuffle_buffer_size = 10000
+  config.data_seed = 0  # Picks the validation split and every epoch's training order.
+
+  # Model.
+  config.hidden_sizes = (50, 50)  # Widths of the hidden Dense layers.
+  config.activation = 'relu'  # Any jax.nn activation: relu, gelu, silu, tanh, ...
+  config.dropout_rate = 0.0  # Dropout after each hidden layer (the notebook had none).
+
+  # Optimisation.
+  config.batch_size = 100  # Global batch; must be divisible by the device count.
+  config.learning_rate = 1e-3  # Adam's step size.
+  config.num_epochs = 10
+  config.seed = 0  # Parameter initialisation and dropout.
+
+  # Execution.
+  config.placement = 'device'  # 'device': train split on the accelerator; 'host': streamed.
+  config.steps_per_call = 0  # Training steps per jitted call; 0 = a whole epoch.
+  config.eval_batch_size = 1000  # Evaluation batch; the last one is padded and masked.
+  config.compute_dtype = 'float32'  # 'bfloat16' computes in bf16 with float32 parameters.
+  config.matmul_precision = 'default'  # jax_default_matmul_precision: default, high, highest.
+  config.cache_dir = config_dict.placeholder(str)  # None: $XDG_CACHE_HOME/mnist-jax.
+  config.compilation_cache = True  # JAX's persistent compilation cache under cache_dir.
+  return config

@@ -1,0 +1,162 @@
+"""MNIST splits as NumPy arrays: read once from tfds, cached, split, batched.
+
+Every split is read whole into memory (MNIST is 47 MB as uint8), so training can put it on
+the device and shuffling is a full permutation. Images stay uint8 (N, 28, 28, 1) and labels
+int32 (N,); the model scales pixels to [0, 1] where it consumes them.
+"""
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mlp.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """Images uint8 (N, 28, 28, 1) and labels int32 (N,)."""
+
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+  train: Split
+  validation: Split
+  test: Split
+
+
+def default_cache_dir() -> Path:
+  base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
+  return Path(base) / 'mnist-jax'
+
+
+def resolve_data_dir(data_dir: str | None) -> Path:
+  """The directory tfds reads: the given one, else $TFDS_DATA_DIR, else tfds's default."""
+  if data_dir:
+    return Path(data_dir).expanduser()
+  if os.environ.get('TFDS_DATA_DIR'):
+    return Path(os.environ['TFDS_DATA_DIR']).expanduser()
+  return Path.home() / 'tensorflow_datasets'
+
+
+def _prepared_version(name: str, data_dir: Path) -> str | None:
+  """The version a prepared dataset has on disk, found without importing tfds."""
+  name, _, version = name.partition(':')
+  if version:
+    return version if (data_dir / name / version / 'dataset_info.json').exists() else None
+  versions = sorted(p.parent.name for p in (data_dir / name).glob('*/dataset_info.json'))
+  return versions[-1] if versions else None
+
+
+def _read_with_tfds(name: str, split: str, data_dir: Path, download: bool) -> Split:
+  """Decodes one split: array_record via tfds.data_source (no TensorFlow), else tfds.load."""
+  import tensorflow_datasets as tfds  # Imported only on a cache miss: it is slow to import.
+
+  builder = tfds.builder(name, data_dir=str(data_dir))
+  if not builder.info.splits:
+    if not download:
+      raise UserError(
+        f'No prepared {name!r} dataset in {data_dir}; set --config.data_dir or '
+        'TFDS_DATA_DIR to a tfds data directory that has it.'
+      )
+    builder.download_and_prepare()
+  if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+    source = builder.as_data_source(split=split)
+    examples = source.__getitems__(range(len(source)))
+    images = np.stack([e['image'] for e in examples])
+    labels = np.array([e['label'] for e in examples])
+  else:
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    images, labels = data['image'], data['label']
+  return Split(images.astype(np.uint8), labels.astype(np.int32))
+
+
+def _cache_file(name: str, split: str, data_dir: Path, cache_dir) -> Path | None:
+  """Where a decoded split is cached; None while the dataset is not prepared on disk."""
+  version = _prepared_version(name, data_dir)
+  if version is None:
+    return None
+  where = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+  base = name.partition(':')[0]
+  return Path(cache_dir or default_cache_dir()) / 'data' / f'{base}-{version}-{split}-{where}.npz'
+
+
+def load_split(
+  name: str,
+  split: str,
+  data_dir: str | None = None,
+  cache_dir: str | os.PathLike | None = None,
+  download: bool = True,
+) -> Split:
+  """One tfds split as NumPy arrays, decoded once and then read from a .npz cache.
+
+  The cache is keyed by dataset, version, split and data directory and written atomically
+  (a temporary file, then a rename), so a killed process never leaves a broken cache.
+  """
+  data_path = resolve_data_dir(data_dir)
+  cache_file = _cache_file(name, split, data_path, cache_dir)
+  if cache_file is not None and cache_file.exists():
+    with np.load(cache_file) as cached:
+      return Split(cached['images'], cached['labels'])
+  if cache_file is None and not download:
+    raise UserError(
+      f'No prepared {name!r} dataset in {data_path}; set --config.data_dir or '
+      'TFDS_DATA_DIR to a tfds data directory that has it.'
+    )
+  data = _read_with_tfds(name, split, data_path, download)
+  cache_file = _cache_file(name, split, data_path, cache_dir)
+  if cache_file is not None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache_file.with_suffix(f'.{os.getpid()}.tmp.npz')
+    np.savez(partial, images=data.images, labels=data.labels)
+    partial.replace(cache_file)
+  return data
+
+
+def split_off_validation(train: Split, fraction: float, data_seed: int) -> tuple[Split, Split]:
+  """A fixed validation split: the same examples for every epoch and every run with data_seed."""
+  order = np.random.default_rng(data_seed).permutation(len(train))
+  num_validation = round(len(train) * fraction)
+  validation = np.sort(order[:num_validation])
+  remaining = np.sort(order[num_validation:])
+  return _take(train, remaining), _take(train, validation)
+
+
+def _take(split: Split, indices: np.ndarray) -> Split:
+  return Split(split.images[indices], split.labels[indices])
+
+
+def load_splits(config, download: bool = True) -> Splits:
+  """Train, fixed validation and test splits for a config."""
+
+  def load(split: str) -> Split:
+    return load_split(config.dataset, split, config.data_dir, config.cache_dir, download)
+
+  train, validation = split_off_validation(
+    load('train'), config.validation_fraction, config.data_seed
+  )
+  return Splits(train=train, validation=validation, test=load('test'))
+
+
+def padded_batches(split: Split, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Stacks a split into (steps, batch) arrays; the padding is marked 0 in the mask.
+
+  Evaluation sums over the mask, so every example counts once whatever the batch size.
+  """
+  steps = -(-len(split) // batch_size)
+  pad = steps * batch_size - len(split)
+  mask = np.arange(steps * batch_size) < len(split)
+
+  def stack(x):
+    x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    return x.reshape(steps, batch_size, *x.shape[1:])
+
+  return stack(split.images), stack(split.labels), mask.reshape(steps, batch_size)

@@ -1,0 +1,1 @@
+"""An MNIST multilayer perceptron in JAX: model, steps, training loop and tools."""

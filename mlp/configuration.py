@@ -1,0 +1,61 @@
+"""Configs as data: checking their values, saving them into a workdir and reading them back."""
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from mlp.errors import UserError
+
+CONFIG_FILE = 'config.json'
+CHOICES = {
+  'placement': ('device', 'host'),
+  'compute_dtype': ('float32', 'bfloat16'),
+  'matmul_precision': ('default', 'high', 'highest'),
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first field whose value cannot work."""
+
+  def require(ok: bool, field: str, why: str) -> None:
+    if not ok:
+      raise UserError(f'Invalid config: {field}={config[field]!r}: {why}.')
+
+  for field, choices in CHOICES.items():
+    require(config[field] in choices, field, f'expected one of {", ".join(choices)}')
+  require(0.0 < config.validation_fraction < 1.0, 'validation_fraction', 'expected in (0, 1)')
+  for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'shuffle_buffer_size'):
+    require(config[field] >= 1, field, 'expected a positive integer')
+  require(config.steps_per_call >= 0, 'steps_per_call', 'expected 0 (whole epoch) or more')
+  require(config.learning_rate > 0, 'learning_rate', 'expected a positive number')
+  require(0.0 <= config.dropout_rate < 1.0, 'dropout_rate', 'expected in [0, 1)')
+  require(
+    len(config.hidden_sizes) >= 1 and all(int(n) >= 1 for n in config.hidden_sizes),
+    'hidden_sizes',
+    'expected one or more positive widths',
+  )
+  require(
+    callable(getattr(jax.nn, config.activation, None)),
+    'activation',
+    'expected the name of a jax.nn function such as relu, gelu or tanh',
+  )
+
+
+def save(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  """Writes the resolved config, from which later modes rebuild the model."""
+  (Path(workdir) / CONFIG_FILE).write_text(config.to_json(indent=2) + '\n')
+
+
+def load(workdir: Path) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with."""
+  path = Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise UserError(f'{path} does not exist; train into this workdir first.')
+  try:
+    values = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise UserError(f'{path} is not valid JSON ({error}).') from None
+  values['hidden_sizes'] = tuple(values['hidden_sizes'])
+  return ml_collections.ConfigDict(values)

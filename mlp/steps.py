@@ -1,0 +1,117 @@
+"""Pure, jittable functions of the train state: the loss, one step, many steps, evaluation.
+
+No I/O and no Python state: every function maps arrays to arrays, so it is jitted once and
+runs whole epochs on the device under lax.scan. Metrics are returned as sums over examples
+(loss, correct, count) so that they add up exactly across steps, batches and devices.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything that changes during training; the model's structure and optimizer are static."""
+
+  step: jax.Array  # Optimizer steps taken so far.
+  params: nnx.State
+  opt_state: optax.OptState
+  rng: jax.Array  # Key for dropout; each step folds in its step number.
+
+
+class Sums(NamedTuple):
+  """Metric sums over the examples of one or more batches."""
+
+  loss: jax.Array
+  correct: jax.Array
+  count: jax.Array
+
+
+def zero_sums() -> Sums:
+  return Sums(*(jnp.zeros((), jnp.float32) for _ in range(3)))
+
+
+class Model(NamedTuple):
+  """The static half of training: how to run the network and how to update it."""
+
+  graphdef: nnx.GraphDef
+  optimizer: optax.GradientTransformation
+  dropout_rate: float = 0.0
+
+
+def loss_and_sums(params, model: Model, images, labels, mask, dropout_key=None):
+  """Mean softmax cross-entropy over the unmasked examples, and their metric sums."""
+  network = nnx.merge(model.graphdef, params)
+  logits = network(
+    images.astype(jnp.float32) / 255.0,
+    dropout_rate=model.dropout_rate,
+    dropout_key=dropout_key,
+  )
+  mask = mask.astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  sums = Sums(jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask))
+  return sums.loss / jnp.maximum(sums.count, 1.0), sums
+
+
+def train_step(model: Model, state: TrainState, images, labels, mask) -> tuple[TrainState, Sums]:
+  """One Adam step on one batch; padded examples (mask 0) carry no gradient."""
+  dropout_key = jax.random.fold_in(state.rng, state.step) if model.dropout_rate else None
+  grads, sums = jax.grad(loss_and_sums, has_aux=True)(
+    state.params, model, images, labels, mask, dropout_key
+  )
+  updates, opt_state = model.optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), sums
+
+
+def add_sums(a: Sums, b: Sums) -> Sums:
+  return Sums(*(x + y for x, y in zip(a, b, strict=True)))
+
+
+def train_on_indices(model: Model, state, images, labels, indices, mask):
+  """Steps over batches gathered on the device: indices and mask are (steps, batch)."""
+
+  def body(carry, xs):
+    state, total = carry
+    batch_indices, batch_mask = xs
+    state, sums = train_step(model, state, images[batch_indices], labels[batch_indices], batch_mask)
+    return (state, add_sums(total, sums)), None
+
+  (state, total), _ = jax.lax.scan(body, (state, zero_sums()), (indices, mask))
+  return state, total
+
+
+def train_on_batches(model: Model, state, images, labels, mask):
+  """Steps over batches stacked on the host: images (steps, batch, 28, 28, 1)."""
+
+  def body(carry, batch):
+    state, total = carry
+    state, sums = train_step(model, state, *batch)
+    return (state, add_sums(total, sums)), None
+
+  (state, total), _ = jax.lax.scan(body, (state, zero_sums()), (images, labels, mask))
+  return state, total
+
+
+def evaluate(model: Model, params, images, labels, mask) -> Sums:
+  """Metric sums over stacked, padded batches (steps, batch, ...); padding is masked out."""
+
+  def body(total, batch):
+    _, sums = loss_and_sums(params, model, *batch)
+    return add_sums(total, sums), None
+
+  total, _ = jax.lax.scan(body, zero_sums(), (images, labels, mask))
+  return total
+
+
+def epoch_order(data_key, epoch, num_examples: int, batch_size: int):
+  """This epoch's shuffled batch indices (steps, batch) and mask; the last batch is padded."""
+  order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
+  steps = -(-num_examples // batch_size)
+  padded = jnp.zeros(steps * batch_size, order.dtype).at[:num_examples].set(order)
+  mask = jnp.arange(steps * batch_size) < num_examples
+  return padded.reshape(steps, batch_size), mask.reshape(steps, batch_size)
