@@ -61,21 +61,17 @@ def _read_with_tfds(name: str, split: str, data_dir: Path, download: bool) -> Sp
   import tensorflow_datasets as tfds  # Imported only on a cache miss: it is slow to import.
 
   builder = tfds.builder(name, data_dir=str(data_dir))
-  if not builder.info.splits:
-    if not download:
-      raise UserError(
-        f'No prepared {name!r} dataset in {data_dir}; set --config.data_dir or '
-        'TFDS_DATA_DIR to a tfds data directory that has it.'
-      )
-    builder.download_and_prepare()
+  if download:
+    builder.download_and_prepare()  # A no-op when the dataset is already prepared.
   if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
     source = builder.as_data_source(split=split)
     examples = source.__getitems__(range(len(source)))
     images = np.stack([e['image'] for e in examples])
     labels = np.array([e['label'] for e in examples])
   else:
-    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    images, labels = data['image'], data['label']
+    batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000)))
+    images = np.concatenate([b['image'] for b in batches])
+    labels = np.concatenate([b['label'] for b in batches])
   return Split(images.astype(np.uint8), labels.astype(np.int32))
 
 

@@ -12,15 +12,27 @@ from mlp.errors import UserError
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).')
 flags.DEFINE_string('workdir', None, 'Run directory; default: a new one under ./runs/.')
-flags.DEFINE_enum('mode', 'train', ['train', 'benchmark'], 'What to do.')
+flags.DEFINE_enum(
+  'mode',
+  'train',
+  ['train', 'eval', 'benchmark', 'predict', 'export'],
+  'train (or resume in --workdir); eval, predict, export: use the latest checkpoint in --workdir;'
+  ' benchmark: time training steps.',
+)
+flags.DEFINE_multi_string('image', [], 'predict: an image file or a directory of images.')
+flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: output format on stdout.')
+flags.DEFINE_string('save_preprocessed', None, 'predict: directory for the 28x28 model inputs.')
 FLAGS = flags.FLAGS
 
 
-def run(mode: str) -> None:
-  config = FLAGS.config
-  if config is None:
-    raise UserError('--config is required, e.g. --config=configs/default.py.')
-  devices.configure_runtime(config)
+def run(mode: str) -> int:
+  """Runs one mode; returns the exit status."""
+  if mode in ('train', 'benchmark') and FLAGS.config is None:
+    raise UserError(f'--mode={mode} needs --config, e.g. --config=configs/default.py.')
+  if mode in ('eval', 'predict', 'export') and FLAGS.workdir is None:
+    raise UserError(f'--mode={mode} needs --workdir, the directory of a training run.')
+  if FLAGS.config is not None:
+    devices.configure_runtime(FLAGS.config)
   logging.info(
     'JAX %s, backend %s, %d devices: %s',
     jax.__version__,
@@ -34,18 +46,31 @@ def run(mode: str) -> None:
     config_name = Path(config_flags.get_config_filename(FLAGS['config'])).stem
     workdir = FLAGS.workdir or train.default_workdir(config_name)
     logging.info('Workdir: %s', workdir)
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(FLAGS.config, workdir)
+  elif mode == 'eval':
+    from mlp import train
+
+    train.evaluate_checkpoint(FLAGS.workdir)
   elif mode == 'benchmark':
     from mlp import benchmark
 
-    benchmark.run(config)
+    benchmark.run(FLAGS.config)
+  elif mode == 'predict':
+    from mlp import predict
+
+    return predict.run(FLAGS.workdir, FLAGS.image, FLAGS.output, FLAGS.save_preprocessed)
+  elif mode == 'export':
+    from mlp import export
+
+    export.run(FLAGS.workdir)
+  return 0
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
-    run(FLAGS.mode)
+    sys.exit(run(FLAGS.mode))
   except UserError as error:
     logging.error('%s', error)
     sys.exit(1)

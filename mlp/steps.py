@@ -115,3 +115,9 @@ def epoch_order(data_key, epoch, num_examples: int, batch_size: int):
   padded = jnp.zeros(steps * batch_size, order.dtype).at[:num_examples].set(order)
   mask = jnp.arange(steps * batch_size) < num_examples
   return padded.reshape(steps, batch_size), mask.reshape(steps, batch_size)
+
+
+def probabilities(model: Model, params, images) -> jax.Array:
+  """Softmax class probabilities (batch, 10) for uint8 images (batch, 28, 28, 1)."""
+  network = nnx.merge(model.graphdef, params)
+  return jax.nn.softmax(network(images.astype(jnp.float32) / 255.0))
