@@ -1,5 +1,6 @@
 """Trains, benchmarks and uses an MNIST MLP: `python main.py --config=configs/default.py`."""
 
+import logging as std_logging
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ flags.DEFINE_multi_string('image', [], 'predict: an image file or a directory of
 flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: output format on stdout.')
 flags.DEFINE_string('save_preprocessed', None, 'predict: directory for the 28x28 model inputs.')
 FLAGS = flags.FLAGS
+PROJECT_DIR = str(Path(__file__).resolve().parent)
 
 
 def run(mode: str) -> int:
@@ -66,7 +68,17 @@ def run(mode: str) -> int:
   return 0
 
 
+class _OwnInfoOnly(std_logging.Filter):
+  """Keeps libraries' INFO chatter (orbax, jax) off the console; their warnings still show."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    path = record.pathname
+    own = path.startswith(PROJECT_DIR) and 'site-packages' not in path
+    return own or record.levelno >= std_logging.WARNING
+
+
 def main(argv: list[str]) -> None:
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:

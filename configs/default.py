@@ -42,4 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.matmul_precision = 'default'  # jax_default_matmul_precision: default, high, highest.
   config.cache_dir = config_dict.placeholder(str)  # None: $XDG_CACHE_HOME/mnist-jax.
   config.compilation_cache = True  # JAX's persistent compilation cache under cache_dir.
+
+  # Checkpoints in <workdir>/checkpoints; re-running with the workdir resumes.
+  config.checkpoint_every_epochs = 1  # 0 turns checkpoints off.
+  config.keep_checkpoints = 2  # How many of the latest checkpoints stay on disk.
   return config

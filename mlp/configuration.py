@@ -6,9 +6,25 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from configs import default
 from mlp.errors import UserError
 
 CONFIG_FILE = 'config.json'
+# Fields a resumed run may change: they alter neither the train state nor the results.
+RESUMABLE_FIELDS = frozenset(
+  {
+    'num_epochs',
+    'data_dir',
+    'cache_dir',
+    'compilation_cache',
+    'placement',
+    'steps_per_call',
+    'eval_batch_size',
+    'matmul_precision',
+    'checkpoint_every_epochs',
+    'keep_checkpoints',
+  }
+)
 CHOICES = {
   'placement': ('device', 'host'),
   'compute_dtype': ('float32', 'bfloat16'),
@@ -28,6 +44,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(0.0 < config.validation_fraction < 1.0, 'validation_fraction', 'expected in (0, 1)')
   for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'shuffle_buffer_size'):
     require(config[field] >= 1, field, 'expected a positive integer')
+  require(
+    config.checkpoint_every_epochs >= 0, 'checkpoint_every_epochs', 'expected 0 (off) or more'
+  )
+  require(config.keep_checkpoints >= 1, 'keep_checkpoints', 'expected 1 or more')
   require(config.steps_per_call >= 0, 'steps_per_call', 'expected 0 (whole epoch) or more')
   require(config.learning_rate > 0, 'learning_rate', 'expected a positive number')
   require(0.0 <= config.dropout_rate < 1.0, 'dropout_rate', 'expected in [0, 1)')
@@ -49,7 +69,7 @@ def save(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 
 def load(workdir: Path) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with."""
+  """The config a workdir was trained with; fields it predates keep their defaults."""
   path = Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise UserError(f'{path} does not exist; train into this workdir first.')
@@ -58,4 +78,19 @@ def load(workdir: Path) -> ml_collections.ConfigDict:
   except json.JSONDecodeError as error:
     raise UserError(f'{path} is not valid JSON ({error}).') from None
   values['hidden_sizes'] = tuple(values['hidden_sizes'])
-  return ml_collections.ConfigDict(values)
+  config = default.get_config()
+  unknown = sorted(set(values) - set(config))
+  if unknown:
+    raise UserError(f'{path} has fields this code does not know: {", ".join(unknown)}.')
+  config.update(values)
+  return config
+
+
+def resume_conflicts(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> str:
+  """The fields, other than RESUMABLE_FIELDS, on which two configs differ, as 'a: x -> y'."""
+  changed = [
+    f'{key}: {saved[key]!r} -> {config[key]!r}'
+    for key in config
+    if key not in RESUMABLE_FIELDS and key in saved and saved[key] != config[key]
+  ]
+  return ', '.join(changed)

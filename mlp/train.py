@@ -10,37 +10,14 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from flax import nnx
 
 import input_pipeline
-from mlp import configuration, devices, steps
-from mlp.model import MLP
-from mlp.optimizer import make_optimizer
+from mlp import build, checkpoint, configuration, devices, steps
+from mlp.errors import UserError
 from mlp.steps import Sums, TrainState
 
 METRICS_FILE = 'metrics.jsonl'
-
-
-def build_model(config: ml_collections.ConfigDict) -> tuple[steps.Model, nnx.State]:
-  """The static model (structure, optimizer) and freshly initialised parameters."""
-  network = MLP(
-    config.hidden_sizes,
-    config.activation,
-    compute_dtype=config.compute_dtype,
-    rngs=nnx.Rngs(params=jax.random.key(config.seed)),
-  )
-  graphdef, params = nnx.split(network, nnx.Param)
-  return steps.Model(graphdef, make_optimizer(config), config.dropout_rate), params
-
-
-def init_state(config: ml_collections.ConfigDict, model: steps.Model, params) -> TrainState:
-  dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  return TrainState(
-    step=np.zeros((), np.int32),
-    params=params,
-    opt_state=model.optimizer.init(params),
-    rng=dropout_key,
-  )
+PROGRESS_SECONDS = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,21 +70,28 @@ def place_eval_data(split: input_pipeline.Split, batch_size: int, mesh) -> tuple
 def run_epoch(config, programs: Programs, state: TrainState, data: TrainData, epoch: int):
   """Trains one epoch in calls of config.steps_per_call steps; returns state and metric sums.
 
-  Nothing here waits for the device: the sums are device arrays read by the caller.
+  The device is never waited on, except every PROGRESS_SECONDS to log how far a long epoch
+  has got (one call behind the newest dispatched one).
   """
   indices, mask = programs.epoch_order(data.data_key, epoch, len(data.split), config.batch_size)
-  chunk = config.steps_per_call or indices.shape[0]
+  num_steps = indices.shape[0]
+  chunk = config.steps_per_call or num_steps
   total = steps.zero_sums()
   if config.placement == 'host':
     indices, mask = np.asarray(indices), np.asarray(mask)
     sharding = devices.batch_sharded(programs.mesh, 1)
-  for start in range(0, indices.shape[0], chunk):
+  last_report = time.perf_counter()
+  for start in range(0, num_steps, chunk):
     rows = slice(start, start + chunk)
     if config.placement == 'device':
       state, sums = programs.train_on_indices(state, *data.on_device, indices[rows], mask[rows])
     else:
       batch = (data.split.images[indices[rows]], data.split.labels[indices[rows]], mask[rows])
       state, sums = programs.train_on_batches(state, *(devices.put(x, sharding) for x in batch))
+    if time.perf_counter() - last_report > PROGRESS_SECONDS and start:
+      jax.block_until_ready(total)
+      logging.info('Epoch %d: %d/%d steps', epoch, start, num_steps)
+      last_report = time.perf_counter()
     total = steps.add_sums(total, sums)
   return state, total
 
@@ -121,8 +105,53 @@ def default_workdir(config_name: str) -> Path:
   return Path('runs') / f'{config_name}-{time.strftime("%Y%m%d-%H%M%S")}'
 
 
+def _prepare_workdir(config, workdir: Path) -> None:
+  """Creates the workdir, or checks that resuming in it keeps the state and the results."""
+  if (workdir / configuration.CONFIG_FILE).exists():
+    conflicts = configuration.resume_conflicts(configuration.load(workdir), config)
+    if conflicts:
+      raise UserError(
+        f'{workdir} holds a run with another config ({conflicts}); '
+        'use a new --workdir or the same settings.'
+      )
+  workdir.mkdir(parents=True, exist_ok=True)
+  configuration.save(config, workdir)
+
+
+def _read_records(workdir: Path, last_epoch: int) -> list[dict]:
+  """The epoch records up to the checkpoint resumed from; later ones are rewritten."""
+  path = workdir / METRICS_FILE
+  if not path.exists():
+    return []
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r for r in records if r.get('epoch', last_epoch + 1) <= last_epoch]
+
+
+def _write_records(workdir: Path, records: list[dict]) -> None:
+  partial = workdir / f'{METRICS_FILE}.tmp'
+  partial.write_text(''.join(json.dumps(r) + '\n' for r in records))
+  partial.replace(workdir / METRICS_FILE)
+
+
+def _log_epoch(record: dict, num_epochs: int, steps_per_epoch: int, eta_seconds: float) -> None:
+  logging.info(
+    'Epoch %d/%d - %d steps - %.2fs - %.1fms/step - loss: %.4f - accuracy: %.4f'
+    ' - val_loss: %.4f - val_accuracy: %.4f - ETA %.0fs',
+    record['epoch'],
+    num_epochs,
+    steps_per_epoch,
+    record['epoch_seconds'],
+    1000 * record['epoch_seconds'] / steps_per_epoch,
+    record['train_loss'],
+    record['train_accuracy'],
+    record['val_loss'],
+    record['val_accuracy'],
+    eta_seconds,
+  )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-  """Trains, evaluating on validation each epoch and on test at the end.
+  """Trains (or resumes in workdir), validating each epoch and testing at the end.
 
   Returns the per-epoch records and the final test metrics, as written to metrics.jsonl.
   """
@@ -130,8 +159,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   devices.check_batch_size(config.batch_size)
   devices.check_batch_size(config.eval_batch_size, 'eval_batch_size')
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  configuration.save(config, workdir)
+  _prepare_workdir(config, workdir)
+
+  mesh = devices.make_mesh()
+  model, params = build.build_model(config)
+  programs = compile_programs(model, mesh)
+  train_state = jax.device_put(build.init_state(config, model, params), devices.replicated(mesh))
+  manager, restored, done_epochs = checkpoint.restore_latest(
+    workdir, checkpoint.abstract(train_state), config.keep_checkpoints
+  )
+  if restored is not None:
+    train_state = restored
+  if done_epochs >= config.num_epochs:
+    logging.info('%s is complete (%d epochs); evaluating its checkpoint.', workdir, done_epochs)
 
   splits = input_pipeline.load_splits(config)
   logging.info(
@@ -140,44 +180,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     len(splits.validation),
     len(splits.test),
   )
-  mesh = devices.make_mesh()
-  model, params = build_model(config)
-  programs = compile_programs(model, mesh)
-  state = jax.device_put(init_state(config, model, params), devices.replicated(mesh))
   train_data = place_train_data(config, splits.train, mesh)
   validation = place_eval_data(splits.validation, config.eval_batch_size, mesh)
-  test = place_eval_data(splits.test, config.eval_batch_size, mesh)
   steps_per_epoch = -(-len(splits.train) // config.batch_size)
 
-  records = []
-  with open(workdir / METRICS_FILE, 'a') as metrics_file:
-    for epoch in range(1, config.num_epochs + 1):
-      start = time.perf_counter()
-      state, train_sums = run_epoch(config, programs, state, train_data, epoch)
-      val_sums = programs.evaluate(state.params, *validation)
-      record = {'epoch': epoch, **summarize(train_sums, 'train_'), **summarize(val_sums, 'val_')}
-      seconds = time.perf_counter() - start
-      record.update(epoch_seconds=seconds, examples_per_sec=len(splits.train) / seconds)
-      logging.info(
-        'Epoch %d/%d - %d steps - %.2fs - %.1fms/step - loss: %.4f - accuracy: %.4f'
-        ' - val_loss: %.4f - val_accuracy: %.4f',
-        epoch,
-        config.num_epochs,
-        steps_per_epoch,
-        seconds,
-        1000 * seconds / steps_per_epoch,
-        record['train_loss'],
-        record['train_accuracy'],
-        record['val_loss'],
-        record['val_accuracy'],
+  records = _read_records(workdir, done_epochs)
+  _write_records(workdir, records)
+  epoch_seconds = []
+  for epoch in range(done_epochs + 1, config.num_epochs + 1):
+    start = time.perf_counter()
+    train_state, train_sums = run_epoch(config, programs, train_state, train_data, epoch)
+    val_sums = programs.evaluate(train_state.params, *validation)
+    record = {'epoch': epoch, **summarize(train_sums, 'train_'), **summarize(val_sums, 'val_')}
+    if not np.isfinite(record['train_loss']):
+      raise UserError(
+        f'The training loss became {record["train_loss"]} in epoch {epoch}; stopped without '
+        'writing a checkpoint. Lower learning_rate or resume from the last checkpoint.'
       )
-      metrics_file.write(json.dumps(record) + '\n')
-      records.append(record)
-    test_metrics = summarize(programs.evaluate(state.params, *test), 'test_')
-    logging.info(
-      'Test loss: %.4f - Test accuracy: %.4f',
-      test_metrics['test_loss'],
-      test_metrics['test_accuracy'],
+    epoch_seconds.append(time.perf_counter() - start)
+    record.update(
+      epoch_seconds=epoch_seconds[-1], examples_per_sec=len(splits.train) / epoch_seconds[-1]
     )
-    metrics_file.write(json.dumps(test_metrics) + '\n')
+    eta = float(np.median(epoch_seconds)) * (config.num_epochs - epoch)
+    _log_epoch(record, config.num_epochs, steps_per_epoch, eta)
+    records.append(record)
+    _write_records(workdir, records)
+    every = config.checkpoint_every_epochs
+    if every and (epoch % every == 0 or epoch == config.num_epochs):
+      checkpoint.save(manager, train_state, epoch)
+
+  test = place_eval_data(splits.test, config.eval_batch_size, mesh)
+  test_metrics = summarize(programs.evaluate(train_state.params, *test), 'test_')
+  logging.info(
+    'Test loss: %.4f - Test accuracy: %.4f',
+    test_metrics['test_loss'],
+    test_metrics['test_accuracy'],
+  )
+  _write_records(workdir, [*records, test_metrics])
+  manager.wait_until_finished()
+  manager.close()
   return {'epochs': records, **test_metrics}
+
+
+def evaluate_checkpoint(workdir: str | Path) -> dict[str, float]:
+  """Validation and test metrics of the latest checkpoint in workdir (--mode=eval)."""
+  config, model, params = checkpoint.restore_for_inference(Path(workdir))
+  mesh = devices.make_mesh()
+  evaluate = compile_programs(model, mesh).evaluate
+  splits = input_pipeline.load_splits(config)
+  metrics = {}
+  for name, split in (('val_', splits.validation), ('test_', splits.test)):
+    sums = evaluate(params, *place_eval_data(split, config.eval_batch_size, mesh))
+    metrics.update(summarize(sums, name))
+  logging.info(
+    'val_loss: %.4f - val_accuracy: %.4f - Test loss: %.4f - Test accuracy: %.4f',
+    metrics['val_loss'],
+    metrics['val_accuracy'],
+    metrics['test_loss'],
+    metrics['test_accuracy'],
+  )
+  return metrics
