@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -12,7 +13,7 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp import build, checkpoint, configuration, devices, steps
+from mlp import build, checkpoint, configuration, devices, reporting, steps
 from mlp.errors import UserError
 from mlp.steps import Sums, TrainState
 
@@ -25,10 +26,11 @@ class Programs:
   """The jitted functions of one model on one mesh; each compiles once per input shape."""
 
   mesh: jax.sharding.Mesh
-  train_on_indices: callable
-  train_on_batches: callable
-  evaluate: callable
-  epoch_order: callable
+  train_on_indices: Callable
+  train_on_batches: Callable
+  evaluate: Callable
+  probabilities: Callable
+  epoch_order: Callable
 
 
 def compile_programs(model: steps.Model, mesh) -> Programs:
@@ -39,6 +41,12 @@ def compile_programs(model: steps.Model, mesh) -> Programs:
     train_on_indices=jax.jit(functools.partial(steps.train_on_indices, model), **train_kwargs),
     train_on_batches=jax.jit(functools.partial(steps.train_on_batches, model), **train_kwargs),
     evaluate=jax.jit(functools.partial(steps.evaluate, model), out_shardings=replicated),
+    probabilities=jax.jit(
+      lambda params, images: jax.lax.map(
+        functools.partial(steps.probabilities, model, params), images
+      ),
+      out_shardings=replicated,
+    ),
     epoch_order=jax.jit(
       steps.epoch_order, static_argnums=(2, 3), out_shardings=devices.batch_sharded(mesh, 1)
     ),
@@ -186,6 +194,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   records = _read_records(workdir, done_epochs)
   _write_records(workdir, records)
+  is_writer = jax.process_index() == 0
+  summaries = reporting.Summaries(workdir, config, enabled=is_writer)
   epoch_seconds = []
   for epoch in range(done_epochs + 1, config.num_epochs + 1):
     start = time.perf_counter()
@@ -205,18 +215,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     _log_epoch(record, config.num_epochs, steps_per_epoch, eta)
     records.append(record)
     _write_records(workdir, records)
+    summaries.write_epoch(record)
     every = config.checkpoint_every_epochs
     if every and (epoch % every == 0 or epoch == config.num_epochs):
       checkpoint.save(manager, train_state, epoch)
 
-  test = place_eval_data(splits.test, config.eval_batch_size, mesh)
-  test_metrics = summarize(programs.evaluate(train_state.params, *test), 'test_')
+  test_images, test_labels, test_mask = place_eval_data(splits.test, config.eval_batch_size, mesh)
+  test_sums = programs.evaluate(train_state.params, test_images, test_labels, test_mask)
+  test_metrics = summarize(test_sums, 'test_')
   logging.info(
     'Test loss: %.4f - Test accuracy: %.4f',
     test_metrics['test_loss'],
     test_metrics['test_accuracy'],
   )
   _write_records(workdir, [*records, test_metrics])
+  summaries.write_test(test_metrics, epoch=config.num_epochs)
+  summaries.close()
+  if is_writer:
+    probabilities = np.asarray(programs.probabilities(train_state.params, test_images))
+    reporting.save_pictures(
+      workdir,
+      records,
+      splits.test.images,
+      splits.test.labels,
+      probabilities.reshape(-1, probabilities.shape[-1])[: len(splits.test)],
+    )
   manager.wait_until_finished()
   manager.close()
   return {'epochs': records, **test_metrics}

@@ -38,3 +38,36 @@ def mock_mnist():
 
   with tfds.testing.mock_data(num_examples=60):
     yield
+
+
+@pytest.fixture(scope='session')
+def real_cache_dir(tmp_path_factory) -> Path:
+  """One decoded-data cache for the whole session, never the user's."""
+  return tmp_path_factory.mktemp('real_cache')
+
+
+@pytest.fixture(scope='session')
+def real_config(real_cache_dir):
+  """The default config on the real MNIST that CI and developers have in ../shared."""
+  config = default.get_config()
+  config.data_dir = str(TFRECORD_DIR)
+  config.cache_dir = str(real_cache_dir)
+  config.compilation_cache = False
+  return config
+
+
+@pytest.fixture(scope='session')
+def trained_mnist_workdir(tmp_path_factory, real_config) -> Path:
+  """A workdir of the default config trained on real MNIST, shared by the tests that need one."""
+  from mlp import train
+
+  workdir = tmp_path_factory.mktemp('trained_default')
+  train.train_and_evaluate(real_config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope='session')
+def real_test_split(real_config):
+  import input_pipeline
+
+  return input_pipeline.load_split('mnist', 'test', real_config.data_dir, real_config.cache_dir)

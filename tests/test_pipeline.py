@@ -1,0 +1,61 @@
+"""The input pipeline: splits, the fixed validation set, batching and missing data."""
+
+import numpy as np
+import pytest
+from conftest import ARRAY_RECORD_DIR
+
+import input_pipeline
+from mlp.errors import UserError
+
+
+def synthetic(n: int) -> input_pipeline.Split:
+  images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * np.ones((1, 28, 28, 1), np.uint8)
+  return input_pipeline.Split(images, np.arange(n, dtype=np.int32))
+
+
+def test_real_splits_have_the_notebook_sizes(real_config):
+  splits = input_pipeline.load_splits(real_config)
+  assert (len(splits.train), len(splits.validation), len(splits.test)) == (54000, 6000, 10000)
+  assert splits.train.images.shape[1:] == (28, 28, 1)
+  assert splits.train.images.dtype == np.uint8 and splits.train.labels.dtype == np.int32
+  assert set(np.unique(splits.test.labels)) == set(range(10))
+
+
+def test_array_record_without_tensorflow_matches_tfrecord(real_config, tmp_path):
+  from_tfrecord = input_pipeline.load_split('mnist', 'test', real_config.data_dir, tmp_path / 'a')
+  from_array_record = input_pipeline.load_split('mnist', 'test', str(ARRAY_RECORD_DIR), tmp_path)
+  np.testing.assert_array_equal(from_tfrecord.images, from_array_record.images)
+  np.testing.assert_array_equal(from_tfrecord.labels, from_array_record.labels)
+
+
+def test_validation_is_fixed_disjoint_and_depends_on_data_seed():
+  train = synthetic(1000)
+  rest, validation = input_pipeline.split_off_validation(train, 0.1, data_seed=0)
+  again_rest, again = input_pipeline.split_off_validation(train, 0.1, data_seed=0)
+  _, other = input_pipeline.split_off_validation(train, 0.1, data_seed=1)
+  assert len(validation) == 100 and len(rest) == 900
+  assert not set(validation.labels) & set(rest.labels)
+  assert set(validation.labels) | set(rest.labels) == set(range(1000))
+  np.testing.assert_array_equal(validation.labels, again.labels)
+  np.testing.assert_array_equal(rest.labels, again_rest.labels)
+  assert set(validation.labels) != set(other.labels)
+
+
+def test_padded_batches_keep_every_example_once():
+  images, labels, mask = input_pipeline.padded_batches(synthetic(23), batch_size=5)
+  assert images.shape == (5, 5, 28, 28, 1) and labels.shape == mask.shape == (5, 5)
+  assert mask.sum() == 23
+  assert sorted(labels[mask].tolist()) == list(range(23))
+
+
+def test_missing_data_names_the_directory(tmp_path):
+  with pytest.raises(UserError, match=str(tmp_path / 'empty')):
+    input_pipeline.load_split('mnist', 'train', str(tmp_path / 'empty'), tmp_path, download=False)
+
+
+def test_cache_is_written_atomically_and_reused(real_config, tmp_path):
+  first = input_pipeline.load_split('mnist', 'test', str(ARRAY_RECORD_DIR), tmp_path)
+  cached = list((tmp_path / 'data').iterdir())
+  assert [p.suffix for p in cached] == ['.npz'] and 'mnist-3.0.1-test' in cached[0].name
+  again = input_pipeline.load_split('mnist', 'test', str(ARRAY_RECORD_DIR), tmp_path)
+  np.testing.assert_array_equal(first.images, again.images)
