@@ -8,11 +8,15 @@ int32 (N,); the model scales pixels to [0, 1] where it consumes them.
 import dataclasses
 import hashlib
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
 
 from mlp.errors import UserError
+
+# Where tfds downloads MNIST from; checked before a download is tried.
+DOWNLOAD_HOST = 'storage.googleapis.com'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +79,18 @@ def _read_with_tfds(name: str, split: str, data_dir: Path, download: bool) -> Sp
   return Split(images.astype(np.uint8), labels.astype(np.int32))
 
 
+def _check_can_download(name: str, data_dir: Path, download: bool) -> None:
+  """Fails in seconds where tfds would retry a download for minutes and then fail."""
+  where = f'No prepared {name!r} dataset in {data_dir}'
+  how = 'set --config.data_dir or TFDS_DATA_DIR to a tfds data directory that has it'
+  if not download:
+    raise UserError(f'{where}; {how}.')
+  try:
+    socket.create_connection((DOWNLOAD_HOST, 443), timeout=5).close()
+  except OSError as error:
+    raise UserError(f'{where}, and no network to download it ({error}); {how}.') from None
+
+
 def _cache_file(name: str, split: str, data_dir: Path, cache_dir) -> Path | None:
   """Where a decoded split is cached; None while the dataset is not prepared on disk."""
   version = _prepared_version(name, data_dir)
@@ -102,11 +118,8 @@ def load_split(
   if cache_file is not None and cache_file.exists():
     with np.load(cache_file) as cached:
       return Split(cached['images'], cached['labels'])
-  if cache_file is None and not download:
-    raise UserError(
-      f'No prepared {name!r} dataset in {data_path}; set --config.data_dir or '
-      'TFDS_DATA_DIR to a tfds data directory that has it.'
-    )
+  if cache_file is None:
+    _check_can_download(name, data_path, download)
   data = _read_with_tfds(name, split, data_path, download)
   cache_file = _cache_file(name, split, data_path, cache_dir)
   if cache_file is not None:

@@ -16,9 +16,9 @@ flags.DEFINE_string('workdir', None, 'Run directory; default: a new one under ./
 flags.DEFINE_enum(
   'mode',
   'train',
-  ['train', 'eval', 'benchmark', 'predict', 'export'],
+  ['train', 'eval', 'benchmark', 'predict', 'export', 'sweep'],
   'train (or resume in --workdir); eval, predict, export: use the latest checkpoint in --workdir;'
-  ' benchmark: time training steps.',
+  ' benchmark: time training steps; sweep: tune (--config=configs/sweep.py).',
 )
 flags.DEFINE_multi_string('image', [], 'predict: an image file or a directory of images.')
 flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: output format on stdout.')
@@ -65,6 +65,10 @@ def run(mode: str) -> int:
     from mlp import export
 
     export.run(FLAGS.workdir)
+  elif mode == 'sweep':
+    from mlp import sweep
+
+    sweep.run(FLAGS.config, FLAGS.workdir)
   return 0
 
 
@@ -75,6 +79,16 @@ class _OwnInfoOnly(std_logging.Filter):
     path = record.pathname
     own = path.startswith(PROJECT_DIR) and 'site-packages' not in path
     return own or record.levelno >= std_logging.WARNING
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, plus a one-line error for a config field that does not exist."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as error:  # What ml_collections raises for an unknown field.
+    name, _, hint = str(error).replace('\\n', '\n').replace("\\'", '').strip('\'"').partition('\n')
+    sys.stderr.write(f'FATAL Flags parsing error: unknown config field {name}. {hint}\n')
+    sys.exit(1)
 
 
 def main(argv: list[str]) -> None:
@@ -89,4 +103,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

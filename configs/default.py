@@ -30,7 +30,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Optimisation.
   config.batch_size = 100  # Global batch; must be divisible by the device count.
-  config.learning_rate = 1e-3  # Adam's step size.
+  config.learning_rate = 1e-3  # Adam's step size (the peak of a schedule).
+  config.weight_decay = 0.0  # AdamW's decoupled decay of the weight matrices; 0: plain Adam.
+  config.schedule = 'constant'  # Learning-rate shape: 'constant', or 'cosine' decay to 0.
+  config.warmup_epochs = 0.0  # Linear warm-up from 0 to learning_rate over these epochs.
+  config.label_smoothing = 0.0  # Share of each training target spread over all classes.
   config.num_epochs = 10
   config.seed = 0  # Parameter initialisation and dropout.
 
@@ -42,6 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.matmul_precision = 'default'  # jax_default_matmul_precision: default, high, highest.
   config.cache_dir = config_dict.placeholder(str)  # None: $XDG_CACHE_HOME/mnist-jax.
   config.compilation_cache = True  # JAX's persistent compilation cache under cache_dir.
+
+  # Benchmark (--mode=benchmark).
+  config.benchmark_repeats = 5  # Timed epochs after the warm-up; the median is reported.
+  config.profile = ''  # A directory for a jax.profiler trace of the benchmark; '' = none.
 
   # Checkpoints in <workdir>/checkpoints; re-running with the workdir resumes.
   config.checkpoint_every_epochs = 1  # 0 turns checkpoints off.

@@ -10,8 +10,14 @@ from mlp.model import MLP
 from mlp.optimizer import make_optimizer
 
 
-def build_model(config: ml_collections.ConfigDict) -> tuple[steps.Model, nnx.State]:
-  """The static model (structure, optimizer) and freshly initialised parameters."""
+def build_model(
+  config: ml_collections.ConfigDict, steps_per_epoch: int | None = None
+) -> tuple[steps.Model, nnx.State]:
+  """The model (structure, optimizer, rates) and freshly initialised parameters.
+
+  steps_per_epoch sets the length of a learning-rate schedule; None is for restoring and
+  inference, where only the structure of the train state matters.
+  """
   network = MLP(
     config.hidden_sizes,
     config.activation,
@@ -19,7 +25,8 @@ def build_model(config: ml_collections.ConfigDict) -> tuple[steps.Model, nnx.Sta
     rngs=nnx.Rngs(params=jax.random.key(config.seed)),
   )
   graphdef, params = nnx.split(network, nnx.Param)
-  return steps.Model(graphdef, make_optimizer(config), config.dropout_rate), params
+  optimizer = make_optimizer(config, steps_per_epoch)
+  return steps.Model(graphdef, optimizer, config.dropout_rate, config.label_smoothing), params
 
 
 def init_state(config: ml_collections.ConfigDict, model: steps.Model, params) -> steps.TrainState:

@@ -29,6 +29,7 @@ CHOICES = {
   'placement': ('device', 'host'),
   'compute_dtype': ('float32', 'bfloat16'),
   'matmul_precision': ('default', 'high', 'highest'),
+  'schedule': ('constant', 'cosine'),
 }
 
 
@@ -47,10 +48,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(
     config.checkpoint_every_epochs >= 0, 'checkpoint_every_epochs', 'expected 0 (off) or more'
   )
+  require(config.benchmark_repeats >= 1, 'benchmark_repeats', 'expected 1 or more')
   require(config.keep_checkpoints >= 1, 'keep_checkpoints', 'expected 1 or more')
   require(config.steps_per_call >= 0, 'steps_per_call', 'expected 0 (whole epoch) or more')
   require(config.learning_rate > 0, 'learning_rate', 'expected a positive number')
   require(0.0 <= config.dropout_rate < 1.0, 'dropout_rate', 'expected in [0, 1)')
+  require(0.0 <= config.label_smoothing < 1.0, 'label_smoothing', 'expected in [0, 1)')
+  require(config.weight_decay >= 0, 'weight_decay', 'expected 0 (plain Adam) or more')
+  require(
+    0 <= config.warmup_epochs <= config.num_epochs, 'warmup_epochs', 'expected in [0, num_epochs]'
+  )
   require(
     len(config.hidden_sizes) >= 1 and all(int(n) >= 1 for n in config.hidden_sizes),
     'hidden_sizes',
@@ -87,10 +94,14 @@ def load(workdir: Path) -> ml_collections.ConfigDict:
 
 
 def resume_conflicts(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> str:
-  """The fields, other than RESUMABLE_FIELDS, on which two configs differ, as 'a: x -> y'."""
+  """The fields, other than RESUMABLE_FIELDS, on which two configs differ, as 'a: x -> y'.
+
+  A cosine schedule's length is num_epochs, so there it is not resumable.
+  """
+  resumable = RESUMABLE_FIELDS - ({'num_epochs'} if config.schedule == 'cosine' else set())
   changed = [
     f'{key}: {saved[key]!r} -> {config[key]!r}'
     for key in config
-    if key not in RESUMABLE_FIELDS and key in saved and saved[key] != config[key]
+    if key not in resumable and key in saved and saved[key] != config[key]
   ]
   return ', '.join(changed)

@@ -1,19 +1,63 @@
-"""The device mesh and how arrays are laid out on it.
+"""The device mesh, how arrays are laid out on it, and joining a run of several processes.
 
 One 1-D mesh over every device of every process, axis 'data': batches are split along it,
-parameters and optimizer state are replicated. On one CPU this is a mesh of one.
+parameters and optimizer state are replicated. On one CPU this is a mesh of one. With several
+processes (hosts), each holds the whole dataset, computes the same global order and places
+only the rows its own devices take, so results do not depend on how many processes there are.
 """
 
+import os
 from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mlp.errors import UserError
 
 DATA_AXIS = 'data'
+# Read when the matching argument of initialize_distributed is None. JAX itself also reads
+# JAX_COORDINATOR_ADDRESS; the other two are ours.
+ENV_COORDINATOR_ADDRESS = 'JAX_COORDINATOR_ADDRESS'
+ENV_NUM_PROCESSES = 'JAX_NUM_PROCESSES'
+ENV_PROCESS_ID = 'JAX_PROCESS_ID'
+
+
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  auto: bool = False,
+) -> bool:
+  """Joins a multi-process run, if one is configured, before anything touches a device.
+
+  Arguments left None are read from the environment (ENV_*). If none is set anywhere, only
+  auto=True initialises: JAX then detects the cluster itself (Cloud TPU pods, SLURM, Open MPI).
+  Returns whether jax.distributed was initialised.
+  """
+  try:
+    coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR_ADDRESS)
+    if num_processes is None and os.environ.get(ENV_NUM_PROCESSES):
+      num_processes = int(os.environ[ENV_NUM_PROCESSES])
+    if process_id is None and os.environ.get(ENV_PROCESS_ID):
+      process_id = int(os.environ[ENV_PROCESS_ID])
+    if not auto and (coordinator_address, num_processes, process_id) == (None, None, None):
+      return False
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except ValueError as error:  # A bad number, or JAX naming the missing setting.
+    raise UserError(
+      f'Cannot start the distributed run ({error}); set --coordinator_address, --num_processes'
+      f' and --process_id (or {ENV_COORDINATOR_ADDRESS}, {ENV_NUM_PROCESSES},'
+      f' {ENV_PROCESS_ID}), unless the cluster provides them.'
+    ) from None
+  return True
+
+
+def is_main_process() -> bool:
+  """Process 0 writes the run's files; every process takes part in computing and checkpoints."""
+  return jax.process_index() == 0
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -46,6 +90,30 @@ def check_batch_size(batch_size: int, name: str = 'batch_size') -> None:
 def put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """Places a host array that every process holds whole; each device takes its own part."""
   return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+  """Places a pytree that every process holds whole on every device, PRNG keys included.
+
+  jax.device_put cannot send a key to other processes' devices; its raw data it can.
+  """
+  sharding = replicated(mesh)
+
+  def place(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = put(np.asarray(jax.random.key_data(x)), sharding)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return put(np.asarray(x), sharding)
+
+  return jax.tree.map(place, tree)
+
+
+def to_host(tree):
+  """Whole NumPy copies, also of arrays sharded over other processes' devices.
+
+  Gathering those is a collective: every process must call this with the same arrays.
+  """
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def configure_runtime(config) -> None:

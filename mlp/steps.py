@@ -34,16 +34,29 @@ def zero_sums() -> Sums:
   return Sums(*(jnp.zeros((), jnp.float32) for _ in range(3)))
 
 
-class Model(NamedTuple):
-  """The static half of training: how to run the network and how to update it."""
+class Model(struct.PyTreeNode):
+  """How to run the network and how to update it.
 
-  graphdef: nnx.GraphDef
-  optimizer: optax.GradientTransformation
-  dropout_rate: float = 0.0
+  The structure and the optimizer are static. The regularisation rates are pytree leaves so that
+  a sweep can vmap over them; a Python 0 is off when traced (no dropout masks are drawn).
+  """
+
+  graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+  optimizer: optax.GradientTransformation = struct.field(pytree_node=False)
+  dropout_rate: float | jax.Array = 0.0
+  label_smoothing: float | jax.Array = 0.0
+
+
+def _off(rate) -> bool:
+  return isinstance(rate, int | float) and rate == 0
 
 
 def loss_and_sums(params, model: Model, images, labels, mask, dropout_key=None):
-  """Mean softmax cross-entropy over the unmasked examples, and their metric sums."""
+  """The mean training loss over the unmasked examples, and their metric sums.
+
+  The loss smooths the labels if asked; the sums hold the plain cross-entropy, comparable
+  across configs.
+  """
   network = nnx.merge(model.graphdef, params)
   logits = network(
     images.astype(jnp.float32) / 255.0,
@@ -52,14 +65,18 @@ def loss_and_sums(params, model: Model, images, labels, mask, dropout_key=None):
   )
   mask = mask.astype(jnp.float32)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  objective = losses
+  if not _off(model.label_smoothing):
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), model.label_smoothing)
+    objective = optax.softmax_cross_entropy(logits, targets)
   correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
   sums = Sums(jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask))
-  return sums.loss / jnp.maximum(sums.count, 1.0), sums
+  return jnp.sum(objective * mask) / jnp.maximum(sums.count, 1.0), sums
 
 
 def train_step(model: Model, state: TrainState, images, labels, mask) -> tuple[TrainState, Sums]:
-  """One Adam step on one batch; padded examples (mask 0) carry no gradient."""
-  dropout_key = jax.random.fold_in(state.rng, state.step) if model.dropout_rate else None
+  """One optimizer step on one batch; padded examples (mask 0) carry no gradient."""
+  dropout_key = None if _off(model.dropout_rate) else jax.random.fold_in(state.rng, state.step)
   grads, sums = jax.grad(loss_and_sums, has_aux=True)(
     state.params, model, images, labels, mask, dropout_key
   )

@@ -86,7 +86,7 @@ def run_epoch(config, programs: Programs, state: TrainState, data: TrainData, ep
   chunk = config.steps_per_call or num_steps
   total = steps.zero_sums()
   if config.placement == 'host':
-    indices, mask = np.asarray(indices), np.asarray(mask)
+    indices, mask = devices.to_host((indices, mask))
     sharding = devices.batch_sharded(programs.mesh, 1)
   last_report = time.perf_counter()
   for start in range(0, num_steps, chunk):
@@ -123,7 +123,8 @@ def _prepare_workdir(config, workdir: Path) -> None:
         'use a new --workdir or the same settings.'
       )
   workdir.mkdir(parents=True, exist_ok=True)
-  configuration.save(config, workdir)
+  if devices.is_main_process():
+    configuration.save(config, workdir)
 
 
 def _read_records(workdir: Path, last_epoch: int) -> list[dict]:
@@ -136,6 +137,8 @@ def _read_records(workdir: Path, last_epoch: int) -> list[dict]:
 
 
 def _write_records(workdir: Path, records: list[dict]) -> None:
+  if not devices.is_main_process():
+    return
   partial = workdir / f'{METRICS_FILE}.tmp'
   partial.write_text(''.join(json.dumps(r) + '\n' for r in records))
   partial.replace(workdir / METRICS_FILE)
@@ -169,10 +172,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   workdir = Path(workdir)
   _prepare_workdir(config, workdir)
 
+  splits = input_pipeline.load_splits(config)
+  logging.info(
+    'Data: %d train, %d validation, %d test examples.',
+    len(splits.train),
+    len(splits.validation),
+    len(splits.test),
+  )
+  steps_per_epoch = -(-len(splits.train) // config.batch_size)
   mesh = devices.make_mesh()
-  model, params = build.build_model(config)
+  model, params = build.build_model(config, steps_per_epoch)
   programs = compile_programs(model, mesh)
-  train_state = jax.device_put(build.init_state(config, model, params), devices.replicated(mesh))
+  train_state = devices.replicate(build.init_state(config, model, params), mesh)
   manager, restored, done_epochs = checkpoint.restore_latest(
     workdir, checkpoint.abstract(train_state), config.keep_checkpoints
   )
@@ -181,16 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if done_epochs >= config.num_epochs:
     logging.info('%s is complete (%d epochs); evaluating its checkpoint.', workdir, done_epochs)
 
-  splits = input_pipeline.load_splits(config)
-  logging.info(
-    'Data: %d train, %d validation, %d test examples.',
-    len(splits.train),
-    len(splits.validation),
-    len(splits.test),
-  )
   train_data = place_train_data(config, splits.train, mesh)
   validation = place_eval_data(splits.validation, config.eval_batch_size, mesh)
-  steps_per_epoch = -(-len(splits.train) // config.batch_size)
 
   records = _read_records(workdir, done_epochs)
   _write_records(workdir, records)

@@ -22,7 +22,7 @@ def tiny_config(tmp_path: Path, **overrides):
     batch_size=10,
     eval_batch_size=7,  # Divides neither split: padding and masking are exercised.
     num_epochs=1,
-    data_dir=str(tmp_path / 'no_tfds_data'),
+    data_dir=str(tmp_path / 'tfds'),
     cache_dir=str(tmp_path / 'cache'),
     compilation_cache=False,
   )
@@ -32,12 +32,30 @@ def tiny_config(tmp_path: Path, **overrides):
 
 
 @pytest.fixture
-def mock_mnist():
-  """tfds.testing.mock_data serving random MNIST-shaped examples; no files, no network."""
+def mock_mnist(monkeypatch, tmp_path):
+  """tfds.testing.mock_data serving random MNIST-shaped examples; no network.
+
+  tiny_config's data_dir gets the real dataset's metadata, so it reads as prepared and nothing
+  tries to download. The mock is active only while a split loads: it also redirects etils
+  paths, which orbax uses, so checkpoints written under it would land elsewhere.
+  """
+  import shutil
+
   import tensorflow_datasets as tfds
 
-  with tfds.testing.mock_data(num_examples=60):
-    yield
+  import input_pipeline
+
+  prepared = tmp_path / 'tfds' / 'mnist' / '3.0.1'
+  prepared.mkdir(parents=True)
+  for name in ('dataset_info.json', 'features.json'):
+    shutil.copy(ARRAY_RECORD_DIR / 'mnist' / '3.0.1' / name, prepared)
+  load_split = input_pipeline.load_split
+
+  def mocked(*args, **kwargs):
+    with tfds.testing.mock_data(num_examples=60):
+      return load_split(*args, **kwargs)
+
+  monkeypatch.setattr(input_pipeline, 'load_split', mocked)
 
 
 @pytest.fixture(scope='session')

@@ -1,0 +1,156 @@
+"""Steady-state training throughput, measured as JAX experts do.
+
+Compilation is measured from JAX's own compile events and reported apart; a warm-up epoch is
+excluded; the clock is read only after block_until_ready; each figure is the median of several
+repeats of one epoch. The same run times a baseline (host placement, one jitted step per
+NumPy batch, as most JAX examples train) and reports the speedup over it.
+"""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+from absl import logging
+from jax import monitoring
+
+import input_pipeline
+from mlp import build, configuration, devices, train
+
+_compile_seconds = [0.0]
+
+
+def _count_compile_time(event: str, duration: float, **_) -> None:
+  if event.startswith('/jax/core/compile/'):
+    _compile_seconds[0] += duration
+
+
+monitoring.register_event_duration_secs_listener(_count_compile_time)
+
+
+def time_epochs(config: ml_collections.ConfigDict, split: input_pipeline.Split) -> dict:
+  """Compile seconds and per-epoch seconds of `repeats` steady-state epochs under config."""
+  mesh = devices.make_mesh()
+  model, params = build.build_model(config)
+  programs = train.compile_programs(model, mesh)
+  state = jax.device_put(build.init_state(config, model, params), devices.replicated(mesh))
+  data = train.place_train_data(config, split, mesh)
+  compile_before = _compile_seconds[0]
+  state, sums = train.run_epoch(config, programs, state, data, epoch=1)  # Warm-up.
+  jax.block_until_ready((state, sums))
+  compile_seconds = _compile_seconds[0] - compile_before
+  seconds = []
+  for epoch in range(2, config.benchmark_repeats + 2):
+    start = time.perf_counter()
+    state, sums = train.run_epoch(config, programs, state, data, epoch)
+    jax.block_until_ready((state, sums))
+    seconds.append(time.perf_counter() - start)
+  return {'compile_seconds': compile_seconds, 'epoch_seconds': seconds}
+
+
+def _machine() -> dict:
+  device = jax.devices()[0]
+  try:
+    commit = subprocess.run(
+      ['git', 'rev-parse', '--short', 'HEAD'],
+      capture_output=True,
+      text=True,
+      cwd=Path(__file__).parent,
+      check=True,
+    ).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    commit = None
+  return {
+    'backend': jax.default_backend(),
+    'device_kind': device.device_kind,
+    'device_count': jax.device_count(),
+    'cpu': platform.processor() or platform.machine(),
+    'cpu_count': os.cpu_count(),
+    'jax_version': jax.__version__,
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
+    'git_commit': commit,
+  }
+
+
+def measure(config: ml_collections.ConfigDict, split: input_pipeline.Split) -> dict:
+  """The figures of one config and of the baseline, as one JSON-ready dict."""
+  timed = time_epochs(config, split)
+  baseline_config = config.copy_and_resolve_references()
+  baseline_config.placement, baseline_config.steps_per_call = 'host', 1
+  baseline = time_epochs(baseline_config, split)
+  steps_per_epoch = -(-len(split) // config.batch_size)
+  median = statistics.median(timed['epoch_seconds'])
+  examples_per_sec = len(split) / median
+  baseline_examples_per_sec = len(split) / statistics.median(baseline['epoch_seconds'])
+  return {
+    'examples_per_sec': examples_per_sec,
+    'examples_per_sec_min': len(split) / max(timed['epoch_seconds']),
+    'examples_per_sec_max': len(split) / min(timed['epoch_seconds']),
+    'examples_per_sec_per_device': examples_per_sec / jax.device_count(),
+    'steps_per_sec': steps_per_epoch / median,
+    'ms_per_step': 1000 * median / steps_per_epoch,
+    'compile_seconds': timed['compile_seconds'],
+    'repeats': config.benchmark_repeats,
+    'batch_size': config.batch_size,
+    'hidden_sizes': list(config.hidden_sizes),
+    'placement': config.placement,
+    'steps_per_call': config.steps_per_call,
+    'compute_dtype': config.compute_dtype,
+    'baseline_examples_per_sec': baseline_examples_per_sec,
+    'baseline_compile_seconds': baseline['compile_seconds'],
+    'speedup_over_baseline': examples_per_sec / baseline_examples_per_sec,
+    **_machine(),
+  }
+
+
+def _log_table(result: dict) -> None:
+  rows = [
+    (
+      'examples/s  min / median / max',
+      '{examples_per_sec_min:,.0f} / {examples_per_sec:,.0f} / {examples_per_sec_max:,.0f}',
+    ),
+    ('examples/s per device', '{examples_per_sec_per_device:,.0f}'),
+    ('steps/s, ms/step', '{steps_per_sec:,.0f}, {ms_per_step:.3f}'),
+    ('compile seconds', '{compile_seconds:.2f}'),
+    ('baseline examples/s', '{baseline_examples_per_sec:,.0f} (host, 1 step per call)'),
+    ('speedup over baseline', '{speedup_over_baseline:.2f}x'),
+    (
+      'setup',
+      'batch {batch_size}, {placement}, steps_per_call {steps_per_call}, '
+      '{device_count} x {device_kind} ({backend}), JAX {jax_version}',
+    ),
+  ]
+  width = max(len(name) for name, _ in rows)
+  logging.info(
+    'Benchmark, %d repeats of one epoch:\n%s',
+    result['repeats'],
+    '\n'.join(f'  {name:<{width}}  {value.format(**result)}' for name, value in rows),
+  )
+
+
+def run(config: ml_collections.ConfigDict) -> dict:
+  """Prints a table on stderr and, last on stdout, one JSON line of the figures."""
+  configuration.validate(config)
+  devices.check_batch_size(config.batch_size)
+  split, _ = input_pipeline.split_off_validation(
+    input_pipeline.load_split(config.dataset, 'train', config.data_dir, config.cache_dir),
+    config.validation_fraction,
+    config.data_seed,
+  )
+  if config.profile:
+    jax.profiler.start_trace(config.profile)
+  try:
+    result = measure(config, split)
+  finally:
+    if config.profile:
+      jax.profiler.stop_trace()
+      logging.info('Profile written to %s (open with TensorBoard or Perfetto).', config.profile)
+  _log_table(result)
+  print(json.dumps(result), file=sys.stdout, flush=True)
+  return result

@@ -1,0 +1,85 @@
+"""main.py as a user meets it: config overrides, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from conftest import ROOT, tiny_config
+from ml_collections import config_flags
+
+from mlp import benchmark
+
+DEFAULT = str(ROOT / 'configs' / 'default.py')
+
+
+def parse(*args):
+  argv = ['main.py', f'--config={DEFAULT}', *args]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def test_overrides_reach_the_config():
+  config = parse('--config.batch_size=128', '--config.hidden_sizes=(500,500,500)')
+  assert config.batch_size == 128 and config.hidden_sizes == (500, 500, 500)
+  assert parse().batch_size == 100
+
+
+@pytest.mark.parametrize('bad', ['--config.batch_sise=128', '--config.batch_size=many'])
+def test_unknown_key_or_wrong_type_is_refused(bad):
+  with pytest.raises((flags.IllegalFlagValueError, AttributeError)):
+    parse(bad)
+
+
+def run_main(*args, cwd=None):
+  return subprocess.run(
+    [sys.executable, str(ROOT / 'main.py'), *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=cwd,
+  )
+
+
+def error_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith(('E', 'FATAL'))]
+
+
+@pytest.mark.parametrize(
+  ('args', 'message'),
+  [
+    (['--config.batch_sise=1'], 'batch_sise'),
+    (['--config.batch_size=0'], 'batch_size=0'),
+    (['--config.activation=nope'], 'activation'),
+    (['--config.data_dir=/nonexistent/tfds', '--config.cache_dir=/tmp/x'], '/nonexistent/tfds'),
+  ],
+)
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, args, message):
+  result = run_main(f'--config={DEFAULT}', f'--workdir={tmp_path / "run"}', *args)
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr
+  (line,) = error_lines(result.stderr)
+  assert message in line
+
+
+def test_eval_without_a_run_is_one_line(tmp_path):
+  result = run_main('--mode=eval', f'--workdir={tmp_path}')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  (line,) = error_lines(result.stderr)
+  assert 'train into this workdir first' in line
+
+
+def test_benchmark_prints_one_well_formed_json_line(tmp_path, mock_mnist, capsys):
+  benchmark.run(tiny_config(tmp_path, benchmark_repeats=2))
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  result = json.loads(last)
+  for key in ('examples_per_sec', 'steps_per_sec', 'ms_per_step', 'compile_seconds', 'batch_size'):
+    assert isinstance(result[key], int | float) and result[key] >= 0
+  assert result['examples_per_sec_min'] <= result['examples_per_sec']
+  assert result['examples_per_sec'] <= result['examples_per_sec_max']
+  assert result['speedup_over_baseline'] > 0
+  assert result['placement'] == 'device' and result['device_count'] >= 1
+  assert {'backend', 'jax_version', 'xla_flags', 'git_commit', 'device_kind'} <= set(result)

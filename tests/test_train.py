@@ -1,0 +1,114 @@
+"""train_and_evaluate end to end on mocked MNIST, and on real MNIST for accuracy."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from mlp import checkpoint, configuration, train
+from mlp.errors import UserError
+
+EPOCH_KEYS = {
+  'epoch',
+  'train_loss',
+  'train_accuracy',
+  'val_loss',
+  'val_accuracy',
+  'epoch_seconds',
+  'examples_per_sec',
+}
+NUMBERS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')
+
+
+def read_metrics(workdir):
+  return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_writes_metrics_config_and_pictures(tmp_path, mock_mnist):
+  config = tiny_config(tmp_path, num_epochs=2)
+  result = train.train_and_evaluate(config, tmp_path / 'run')
+  lines = read_metrics(tmp_path / 'run')
+  assert [set(line) for line in lines[:2]] == [EPOCH_KEYS, EPOCH_KEYS]
+  assert [line['epoch'] for line in lines[:2]] == [1, 2]
+  assert lines[2] == {'test_loss': result['test_loss'], 'test_accuracy': result['test_accuracy']}
+  assert lines[:2] == result['epochs']
+  assert 0.0 <= result['test_accuracy'] <= 1.0 and np.isfinite(result['test_loss'])
+  assert configuration.load(tmp_path / 'run').to_dict() == config.to_dict()
+  for picture in ('training_curves.png', 'confusion_matrix.png', 'misclassified.png'):
+    assert (tmp_path / 'run' / picture).stat().st_size > 1000
+
+
+def test_same_config_gives_identical_numbers(tmp_path, mock_mnist):
+  config = tiny_config(tmp_path, checkpoint_every_epochs=0)
+  first = train.train_and_evaluate(config, tmp_path / 'a')
+  second = train.train_and_evaluate(config, tmp_path / 'b')
+  strip = lambda r: [{k: e[k] for k in NUMBERS} for e in r['epochs']] + [r['test_loss']]  # noqa: E731
+  assert strip(first) == strip(second)
+
+
+def test_host_and_device_placement_train_alike(tmp_path, mock_mnist):
+  config = tiny_config(tmp_path, checkpoint_every_epochs=0, num_epochs=2)
+  on_device = train.train_and_evaluate(config, tmp_path / 'device')
+  config.placement, config.steps_per_call = 'host', 2
+  on_host = train.train_and_evaluate(config, tmp_path / 'host')
+  for key in ('test_loss', 'test_accuracy'):
+    np.testing.assert_allclose(on_host[key], on_device[key], rtol=1e-4, atol=1e-4)
+
+
+def test_resume_continues_to_the_same_numbers(tmp_path, mock_mnist):
+  config = tiny_config(tmp_path, num_epochs=3)
+  straight = train.train_and_evaluate(config, tmp_path / 'straight')
+  config.num_epochs = 1
+  train.train_and_evaluate(config, tmp_path / 'resumed')
+  config.num_epochs = 3
+  resumed = train.train_and_evaluate(config, tmp_path / 'resumed')
+  assert resumed == {**straight, 'epochs': resumed['epochs']}
+  assert [r['epoch'] for r in read_metrics(tmp_path / 'resumed')[:-1]] == [1, 2, 3]
+  resumed_lines, straight_lines = (
+    read_metrics(tmp_path / 'resumed'),
+    read_metrics(tmp_path / 'straight'),
+  )
+  for a, b in zip(resumed_lines, straight_lines, strict=True):
+    assert {k: a.get(k) for k in NUMBERS} == {k: b.get(k) for k in NUMBERS}
+
+
+def test_finished_run_reports_without_training(tmp_path, mock_mnist):
+  config = tiny_config(tmp_path)
+  first = train.train_and_evaluate(config, tmp_path / 'run')
+  again = train.train_and_evaluate(config, tmp_path / 'run')
+  assert again == first
+  assert len(read_metrics(tmp_path / 'run')) == 2
+
+
+def test_diverging_loss_stops_without_a_checkpoint(tmp_path, mock_mnist):
+  config = tiny_config(tmp_path, learning_rate=1e12, hidden_sizes=(16, 16, 16), num_epochs=3)
+  with pytest.raises(UserError, match=r'became (nan|inf) in epoch \d'):
+    train.train_and_evaluate(config, tmp_path / 'run')
+  assert not [
+    p for p in (tmp_path / 'run' / checkpoint.CHECKPOINT_DIR).iterdir() if p.name.isdigit()
+  ]
+
+
+def test_changed_model_in_a_workdir_is_refused(tmp_path, mock_mnist):
+  config = tiny_config(tmp_path)
+  train.train_and_evaluate(config, tmp_path / 'run')
+  config.hidden_sizes = (8, 8)
+  with pytest.raises(UserError, match=r'hidden_sizes: \(16,\) -> \(8, 8\)'):
+    train.train_and_evaluate(config, tmp_path / 'run')
+
+
+def test_eval_mode_reproduces_the_test_metrics(tmp_path, mock_mnist):
+  result = train.train_and_evaluate(tiny_config(tmp_path), tmp_path / 'run')
+  metrics = train.evaluate_checkpoint(tmp_path / 'run')
+  assert metrics['test_accuracy'] == result['test_accuracy']
+  np.testing.assert_allclose(metrics['test_loss'], result['test_loss'], rtol=1e-6)
+  assert metrics['val_accuracy'] == result['epochs'][-1]['val_accuracy']
+
+
+def test_default_config_reaches_the_notebook_accuracy(trained_mnist_workdir):
+  metrics = read_metrics(trained_mnist_workdir)
+  assert len(metrics) == 11
+  assert metrics[-1]['test_accuracy'] >= 0.965
+  assert jax.device_count() >= 1
