@@ -56,7 +56,7 @@ def run(mode: str) -> int:
   elif mode == 'benchmark':
     from mlp import benchmark
 
-    benchmark.run(FLAGS.config)
+    benchmark.run(FLAGS.config, FLAGS.workdir and Path(FLAGS.workdir))
   elif mode == 'predict':
     from mlp import predict
 

@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Benchmark (--mode=benchmark).
   config.benchmark_repeats = 5  # Timed epochs after the warm-up; the median is reported.
   config.profile = ''  # A directory for a jax.profiler trace of the benchmark; '' = none.
+  config.benchmark_batch_sizes = ()  # Several sizes: a throughput curve in the workdir.
 
   # Checkpoints in <workdir>/checkpoints; re-running with the workdir resumes.
   config.checkpoint_every_epochs = 1  # 0 turns checkpoints off.

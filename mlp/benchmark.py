@@ -37,7 +37,7 @@ monitoring.register_event_duration_secs_listener(_count_compile_time)
 def time_epochs(config: ml_collections.ConfigDict, split: input_pipeline.Split) -> dict:
   """Compile seconds and per-epoch seconds of `repeats` steady-state epochs under config."""
   mesh = devices.make_mesh()
-  model, params = build.build_model(config)
+  model, params = build.build_model(config, steps_per_epoch=-(-len(split) // config.batch_size))
   programs = train.compile_programs(model, mesh)
   state = jax.device_put(build.init_state(config, model, params), devices.replicated(mesh))
   data = train.place_train_data(config, split, mesh)
@@ -134,10 +134,47 @@ def _log_table(result: dict) -> None:
   )
 
 
-def run(config: ml_collections.ConfigDict) -> dict:
-  """Prints a table on stderr and, last on stdout, one JSON line of the figures."""
+def save_curve(results: list[dict], workdir: Path) -> None:
+  """throughput.png, .md and .jsonl: examples/s against batch size, ours and the baseline."""
+  from matplotlib.figure import Figure  # Only here: importing matplotlib is slow.
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / 'throughput.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in results))
+  rows = [
+    f'| {r["batch_size"]} | {r["examples_per_sec"]:,.0f} | {r["baseline_examples_per_sec"]:,.0f}'
+    f' | {r["speedup_over_baseline"]:.2f}x | {r["compile_seconds"]:.2f} |'
+    for r in results
+  ]
+  header = (
+    '| batch | examples/s | baseline examples/s | speedup | compile s |\n|---|---|---|---|---|'
+  )
+  (workdir / 'throughput.md').write_text('\n'.join([header, *rows]) + '\n')
+  figure = Figure(figsize=(7, 4.5), dpi=100)
+  axes = figure.subplots()
+  sizes = [r['batch_size'] for r in results]
+  axes.plot(sizes, [r['examples_per_sec'] for r in results], 'o-', label=results[0]['placement'])
+  axes.plot(sizes, [r['baseline_examples_per_sec'] for r in results], 's--', label='baseline')
+  axes.set(xscale='log', xlabel='batch size', ylabel='training examples/s')
+  axes.set_title(
+    f'{results[0]["device_count"]} x {results[0]["device_kind"]}, JAX '
+    f'{results[0]["jax_version"]}, MLP {results[0]["hidden_sizes"]}'
+  )
+  axes.grid(alpha=0.3)
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(workdir / 'throughput.png')
+  logging.info('Throughput curve written to %s.', workdir / 'throughput.png')
+
+
+def run(config: ml_collections.ConfigDict, workdir: Path | None = None) -> list[dict]:
+  """Per batch size, a table on stderr and one JSON line on stdout; a curve for several.
+
+  config.benchmark_batch_sizes, if set, lists the batch sizes; else config.batch_size alone.
+  """
   configuration.validate(config)
-  devices.check_batch_size(config.batch_size)
+  sizes = tuple(config.benchmark_batch_sizes) or (config.batch_size,)
+  for batch_size in sizes:
+    devices.check_batch_size(batch_size)
   split, _ = input_pipeline.split_off_validation(
     input_pipeline.load_split(config.dataset, 'train', config.data_dir, config.cache_dir),
     config.validation_fraction,
@@ -145,12 +182,18 @@ def run(config: ml_collections.ConfigDict) -> dict:
   )
   if config.profile:
     jax.profiler.start_trace(config.profile)
+  results = []
   try:
-    result = measure(config, split)
+    for batch_size in sizes:
+      sized = config.copy_and_resolve_references()
+      sized.batch_size = batch_size
+      results.append(measure(sized, split))
+      _log_table(results[-1])
+      print(json.dumps(results[-1]), file=sys.stdout, flush=True)
   finally:
     if config.profile:
       jax.profiler.stop_trace()
       logging.info('Profile written to %s (open with TensorBoard or Perfetto).', config.profile)
-  _log_table(result)
-  print(json.dumps(result), file=sys.stdout, flush=True)
-  return result
+  if len(results) > 1:
+    save_curve(results, workdir or Path('runs') / f'benchmark-{time.strftime("%Y%m%d-%H%M%S")}')
+  return results

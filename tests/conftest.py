@@ -1,5 +1,6 @@
 """Shared test setup: tiny configs, mocked MNIST and where the real one is."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,8 @@ import pytest
 from configs import default
 
 ROOT = Path(__file__).resolve().parents[1]
-# Real MNIST as CI and developers have it beside the checkout (see README).
+# Real MNIST as CI and developers have it beside the checkout (see README); TFDS_DATA_DIR,
+# where set, points the real-data tests at another copy.
 SHARED = ROOT.parent / 'shared'
 TFRECORD_DIR = SHARED / 'tensorflow_datasets'
 ARRAY_RECORD_DIR = SHARED / 'tensorflow_datasets_array_record'
@@ -68,7 +70,7 @@ def real_cache_dir(tmp_path_factory) -> Path:
 def real_config(real_cache_dir):
   """The default config on the real MNIST that CI and developers have in ../shared."""
   config = default.get_config()
-  config.data_dir = str(TFRECORD_DIR)
+  config.data_dir = os.environ.get('TFDS_DATA_DIR') or str(TFRECORD_DIR)
   config.cache_dir = str(real_cache_dir)
   config.compilation_cache = False
   return config
