@@ -23,6 +23,16 @@ flags.DEFINE_enum(
 flags.DEFINE_multi_string('image', [], 'predict: an image file or a directory of images.')
 flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: output format on stdout.')
 flags.DEFINE_string('save_preprocessed', None, 'predict: directory for the 28x28 model inputs.')
+flags.DEFINE_bool(
+  'distributed',
+  False,
+  'Join a run of several processes (hosts); alone, JAX finds the cluster (Cloud TPU pods,'
+  ' SLURM, Open MPI). Implied by the next three flags or $JAX_COORDINATOR_ADDRESS,'
+  ' $JAX_NUM_PROCESSES and $JAX_PROCESS_ID, which give their defaults.',
+)
+flags.DEFINE_string('coordinator_address', None, 'Several processes: host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Several processes: how many.')
+flags.DEFINE_integer('process_id', None, 'Several processes: this one, from 0.')
 FLAGS = flags.FLAGS
 PROJECT_DIR = str(Path(__file__).resolve().parent)
 
@@ -33,12 +43,17 @@ def run(mode: str) -> int:
     raise UserError(f'--mode={mode} needs --config, e.g. --config=configs/default.py.')
   if mode in ('eval', 'predict', 'export') and FLAGS.workdir is None:
     raise UserError(f'--mode={mode} needs --workdir, the directory of a training run.')
+  devices.initialize_distributed(
+    FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed
+  )
   if FLAGS.config is not None:
     devices.configure_runtime(FLAGS.config)
   logging.info(
-    'JAX %s, backend %s, %d devices: %s',
+    'JAX %s, backend %s, process %d of %d, %d devices: %s',
     jax.__version__,
     jax.default_backend(),
+    jax.process_index(),
+    jax.process_count(),
     jax.device_count(),
     jax.devices(),
   )

@@ -15,7 +15,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
-from mlp import build, configuration, steps
+from mlp import build, configuration, devices, steps
 from mlp.errors import UserError
 
 # Bump when the train state's structure changes; older checkpoints are then refused clearly.
@@ -110,10 +110,13 @@ def abstract(tree):
 def restore_for_inference(
   workdir: Path,
 ) -> tuple[ml_collections.ConfigDict, steps.Model, object]:
-  """The saved config, the model it describes and the latest checkpoint's parameters."""
+  """The saved config, the model it describes and the latest checkpoint's parameters.
+
+  The parameters come back replicated on the current devices, whichever devices saved them.
+  """
   config = configuration.load(workdir)
   model, params = build.build_model(config)
-  template = build.init_state(config, model, params)
+  template = devices.replicate(build.init_state(config, model, params), devices.make_mesh())
   manager, state, _ = restore_latest(workdir, abstract(template), config.keep_checkpoints)
   manager.close()
   if state is None:

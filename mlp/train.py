@@ -234,8 +234,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   _write_records(workdir, [*records, test_metrics])
   summaries.write_test(test_metrics, epoch=config.num_epochs)
   summaries.close()
+  # Every process runs this program (it spans all devices); only process 0 draws.
+  probabilities = np.asarray(programs.probabilities(train_state.params, test_images))
   if is_writer:
-    probabilities = np.asarray(programs.probabilities(train_state.params, test_images))
     reporting.save_pictures(
       workdir,
       records,
