@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from mlp import checkpoint, preprocess, steps
+from mlp import checkpoint, devices, preprocess, steps
 from mlp.errors import UserError
 from mlp.model import IMAGE_SHAPE, NUM_CLASSES
 
@@ -50,9 +50,14 @@ def classifier(
 ) -> Callable[[np.ndarray], np.ndarray]:
   """A function from uint8 images (n, 28, 28, 1) to probabilities (n, 10) on the host.
 
-  It runs fixed-size padded batches, so it compiles once whatever the n of its calls.
+  It runs fixed-size padded batches, so it compiles once whatever the n of its calls, and
+  splits each batch over every device (the batch is rounded to a multiple of their count).
   """
-  probabilities = jax.jit(functools.partial(steps.probabilities, model))
+  mesh = devices.make_mesh()
+  batch_size = max(batch_size // jax.device_count(), 1) * jax.device_count()
+  probabilities = jax.jit(
+    functools.partial(steps.probabilities, model), out_shardings=devices.replicated(mesh)
+  )
 
   def classify(images: np.ndarray) -> np.ndarray:
     results = []
@@ -60,7 +65,8 @@ def classifier(
       batch = images[start : start + batch_size]
       padded = np.zeros((batch_size, *IMAGE_SHAPE), np.uint8)
       padded[: len(batch)] = batch
-      results.append(np.asarray(probabilities(params, padded))[: len(batch)])
+      sharded = devices.put(padded, devices.batch_sharded(mesh))
+      results.append(np.asarray(probabilities(params, sharded))[: len(batch)])
     return np.concatenate(results) if results else np.zeros((0, NUM_CLASSES), np.float32)
 
   return classify
