@@ -6,9 +6,11 @@ in the workdir. Neither needs TensorFlow; matplotlib is imported only when a pic
 because importing it costs every run about a third of a second.
 """
 
+import importlib
 import itertools
 import os
 import textwrap
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,6 +90,14 @@ class Summaries:
     self.close()
 
 
+def preload_matplotlib() -> None:
+  """Imports matplotlib on a background thread, off the critical path of a run's start-up.
+
+  Training at small batch sizes keeps one CPU core busy, so the import costs no wall time.
+  """
+  threading.Thread(target=importlib.import_module, args=('matplotlib.figure',), daemon=True).start()
+
+
 def _figure(width: float, height: float):
   """A figure that renders with Agg on savefig, without pyplot's global state."""
   from matplotlib.figure import Figure
@@ -147,23 +157,37 @@ def save_misclassified(
   rows: int = 4,
   columns: int = 6,
 ) -> Path:
-  """A grid of the most confidently misclassified digits, titled true, predicted, probability."""
+  """A grid of the most confidently misclassified digits, captioned true, predicted, probability.
+
+  The grid is one mosaic image in one axes: drawing 24 axes costs about twice as long.
+  """
   indices = confident_mistakes(labels, probabilities, rows * columns)
-  figure = _figure(max(1.6 * columns, 4), 1.8 * rows + 0.4)  # Wide enough for the title.
   mistakes = np.count_nonzero(probabilities.argmax(axis=1) != labels)
-  figure.suptitle(f'Most confident mistakes: {len(indices)} of {mistakes} shown')
-  for cell, axes in enumerate(figure.subplots(rows, columns, squeeze=False).flat):
-    axes.set_axis_off()
-    if cell < len(indices):
-      index = indices[cell]
-      predicted = probabilities[index].argmax()
-      axes.imshow(images[index, ..., 0], cmap='gray_r', vmin=0, vmax=255)
-      axes.set_title(
-        f'true {labels[index]}, pred {predicted}\np = {probabilities[index, predicted]:.2f}',
-        fontsize=9,
-      )
+  cell_height, cell_width = 28 + 14, 28 + 4  # Room for a caption above each digit.
+  mosaic = np.zeros((rows * cell_height, columns * cell_width), np.uint8)
+  figure = _figure(max(1.6 * columns, 4), 1.8 * rows + 0.4)
+  axes = figure.subplots()
+  for cell, index in enumerate(indices):
+    top, left = divmod(cell, columns)
+    top, left = top * cell_height + 12, left * cell_width + 2
+    mosaic[top : top + 28, left : left + 28] = images[index, ..., 0]
+    predicted = probabilities[index].argmax()
+    caption = f'{labels[index]} as {predicted}, {probabilities[index, predicted]:.2f}'
+    axes.text(left + 14, top - 2, caption, ha='center', va='bottom', fontsize=8)
+  axes.imshow(mosaic, cmap='gray_r', vmin=0, vmax=255)
+  axes.set_axis_off()
+  axes.set_title(
+    f'Most confident mistakes (true as predicted, probability): {len(indices)} of {mistakes} shown'
+  )
   if not len(indices):
-    figure.text(0.5, 0.5, 'No misclassified digits', ha='center', va='center', fontsize=16)
+    axes.text(
+      mosaic.shape[1] / 2,
+      mosaic.shape[0] / 2,
+      'No misclassified digits',
+      ha='center',
+      va='center',
+      fontsize=16,
+    )
   figure.savefig(path)
   return Path(path)
 

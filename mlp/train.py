@@ -197,7 +197,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   records = _read_records(workdir, done_epochs)
   _write_records(workdir, records)
-  is_writer = jax.process_index() == 0
+  is_writer = devices.is_main_process()
+  if is_writer:
+    reporting.preload_matplotlib()
   summaries = reporting.Summaries(workdir, config, enabled=is_writer)
   epoch_seconds = []
   for epoch in range(done_epochs + 1, config.num_epochs + 1):
