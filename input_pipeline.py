@@ -169,3 +169,20 @@ def padded_batches(split: Split, batch_size: int) -> tuple[np.ndarray, np.ndarra
     return x.reshape(steps, batch_size, *x.shape[1:])
 
   return stack(split.images), stack(split.labels), mask.reshape(steps, batch_size)
+
+
+def epoch_order(
+  num_examples: int, batch_size: int, data_seed: int, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """One epoch's shuffled batch indices (steps, batch) int32 and mask; the last batch is padded.
+
+  A function of (data_seed, epoch) only, so every process and every resumed run draws the same
+  order. NumPy, not the device: on a CPU, jax.random.permutation of 54,000 indices takes 21 ms,
+  a tenth of an epoch, against 0.5 ms here.
+  """
+  order = np.random.default_rng((data_seed, epoch)).permutation(num_examples).astype(np.int32)
+  steps = -(-num_examples // batch_size)
+  mask = np.arange(steps * batch_size) < num_examples
+  padded = np.zeros(steps * batch_size, np.int32)
+  padded[:num_examples] = order
+  return padded.reshape(steps, batch_size), mask.reshape(steps, batch_size)

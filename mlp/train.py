@@ -30,7 +30,6 @@ class Programs:
   train_on_batches: Callable
   evaluate: Callable
   probabilities: Callable
-  epoch_order: Callable
 
 
 def compile_programs(model: steps.Model, mesh) -> Programs:
@@ -47,19 +46,15 @@ def compile_programs(model: steps.Model, mesh) -> Programs:
       ),
       out_shardings=replicated,
     ),
-    epoch_order=jax.jit(
-      steps.epoch_order, static_argnums=(2, 3), out_shardings=devices.batch_sharded(mesh, 1)
-    ),
   )
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainData:
-  """The training split where the chosen placement wants it, plus the key of its order."""
+  """The training split, and a copy on the devices where the placement is 'device'."""
 
   split: input_pipeline.Split
   on_device: tuple[jax.Array, jax.Array] | None
-  data_key: jax.Array
 
 
 def place_train_data(config, split: input_pipeline.Split, mesh) -> TrainData:
@@ -67,7 +62,7 @@ def place_train_data(config, split: input_pipeline.Split, mesh) -> TrainData:
   if config.placement == 'device':
     replicated = devices.replicated(mesh)
     on_device = (devices.put(split.images, replicated), devices.put(split.labels, replicated))
-  return TrainData(split, on_device, jax.random.key(config.data_seed))
+  return TrainData(split, on_device)
 
 
 def place_eval_data(split: input_pipeline.Split, batch_size: int, mesh) -> tuple[jax.Array, ...]:
@@ -81,26 +76,28 @@ def run_epoch(config, programs: Programs, state: TrainState, data: TrainData, ep
   The device is never waited on, except every PROGRESS_SECONDS to log how far a long epoch
   has got (one call behind the newest dispatched one).
   """
-  indices, mask = programs.epoch_order(data.data_key, epoch, len(data.split), config.batch_size)
+  indices, mask = input_pipeline.epoch_order(
+    len(data.split), config.batch_size, config.data_seed, epoch
+  )
   num_steps = indices.shape[0]
   chunk = config.steps_per_call or num_steps
-  total = steps.zero_sums()
-  if config.placement == 'host':
-    indices, mask = devices.to_host((indices, mask))
-    sharding = devices.batch_sharded(programs.mesh, 1)
+  sharding = devices.batch_sharded(programs.mesh, 1)
+  total = None
   last_report = time.perf_counter()
   for start in range(0, num_steps, chunk):
     rows = slice(start, start + chunk)
     if config.placement == 'device':
-      state, sums = programs.train_on_indices(state, *data.on_device, indices[rows], mask[rows])
+      batches = (indices[rows], mask[rows])
+      train_on = programs.train_on_indices
+      state, sums = train_on(state, *data.on_device, *(devices.put(x, sharding) for x in batches))
     else:
-      batch = (data.split.images[indices[rows]], data.split.labels[indices[rows]], mask[rows])
-      state, sums = programs.train_on_batches(state, *(devices.put(x, sharding) for x in batch))
-    if time.perf_counter() - last_report > PROGRESS_SECONDS and start:
+      batches = (data.split.images[indices[rows]], data.split.labels[indices[rows]], mask[rows])
+      state, sums = programs.train_on_batches(state, *(devices.put(x, sharding) for x in batches))
+    if total is not None and time.perf_counter() - last_report > PROGRESS_SECONDS:
       jax.block_until_ready(total)
       logging.info('Epoch %d: %d/%d steps', epoch, start, num_steps)
       last_report = time.perf_counter()
-    total = steps.add_sums(total, sums)
+    total = sums if total is None else steps.add_sums(total, sums)
   return state, total
 
 

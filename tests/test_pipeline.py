@@ -59,3 +59,14 @@ def test_cache_is_written_atomically_and_reused(real_config, tmp_path):
   assert [p.suffix for p in cached] == ['.npz'] and 'mnist-3.0.1-test' in cached[0].name
   again = input_pipeline.load_split('mnist', 'test', str(ARRAY_RECORD_DIR), tmp_path)
   np.testing.assert_array_equal(first.images, again.images)
+
+
+def test_epoch_order_visits_every_example_once_and_changes_per_epoch():
+  indices, mask = input_pipeline.epoch_order(103, 10, data_seed=0, epoch=1)
+  assert indices.shape == mask.shape == (11, 10) and mask.sum() == 103
+  assert sorted(indices[mask].tolist()) == list(range(103))
+  again, _ = input_pipeline.epoch_order(103, 10, data_seed=0, epoch=1)
+  next_epoch, _ = input_pipeline.epoch_order(103, 10, data_seed=0, epoch=2)
+  other_seed, _ = input_pipeline.epoch_order(103, 10, data_seed=1, epoch=1)
+  np.testing.assert_array_equal(indices, again)
+  assert not np.array_equal(indices, next_epoch) and not np.array_equal(indices, other_seed)

@@ -49,17 +49,6 @@ def test_masked_examples_carry_no_weight(tmp_path):
   np.testing.assert_allclose(padded_loss, loss, rtol=1e-6)
 
 
-def test_epoch_order_visits_every_example_once_and_changes_per_epoch():
-  key = jax.random.key(0)
-  indices, mask = steps.epoch_order(key, 1, 103, 10)
-  assert indices.shape == mask.shape == (11, 10)
-  assert sorted(np.asarray(indices)[np.asarray(mask)].tolist()) == list(range(103))
-  again, _ = steps.epoch_order(key, 1, 103, 10)
-  other, _ = steps.epoch_order(key, 2, 103, 10)
-  np.testing.assert_array_equal(indices, again)
-  assert not np.array_equal(indices, other)
-
-
 def test_evaluate_counts_every_example_with_a_batch_that_does_not_divide(tmp_path):
   import input_pipeline
 
