@@ -38,6 +38,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 10
   config.seed = 0  # Parameter initialisation and dropout.
 
+  # Random distortions of the training images on the device (mlp/augment.py), each drawn in
+  # [-x, x] per image; all 0: none, as in the notebook.
+  config.augment_rotation = 0.0  # Degrees.
+  config.augment_scale = 0.0  # Relative change of each axis' size.
+  config.augment_shear = 0.0  # Degrees.
+  config.augment_translation = 0.0  # Pixels along each axis.
+  config.augment_elastic_alpha = 0.0  # Elastic displacement scale in pixels (Simard et al.: 34).
+  config.augment_elastic_sigma = 4.0  # Smoothness of the elastic field in pixels.
+
   # Execution.
   config.placement = 'device'  # 'device': train split on the accelerator; 'host': streamed.
   config.steps_per_call = 0  # Training steps per jitted call; 0 = a whole epoch.

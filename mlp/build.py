@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mlp import steps
+from mlp import augment, steps
 from mlp.model import MLP
 from mlp.optimizer import make_optimizer
 
@@ -26,7 +26,14 @@ def build_model(
   )
   graphdef, params = nnx.split(network, nnx.Param)
   optimizer = make_optimizer(config, steps_per_epoch)
-  return steps.Model(graphdef, optimizer, config.dropout_rate, config.label_smoothing), params
+  model = steps.Model(
+    graphdef,
+    optimizer,
+    dropout_rate=config.dropout_rate,
+    label_smoothing=config.label_smoothing,
+    augment=augment.from_config(config),
+  )
+  return model, params
 
 
 def init_state(config: ml_collections.ConfigDict, model: steps.Model, params) -> steps.TrainState:

@@ -58,6 +58,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   require(
     0 <= config.warmup_epochs <= config.num_epochs, 'warmup_epochs', 'expected in [0, num_epochs]'
   )
+  for name in ('rotation', 'shear', 'translation', 'elastic_alpha'):
+    require(config[f'augment_{name}'] >= 0, f'augment_{name}', 'expected 0 (off) or more')
+  require(0 <= config.augment_scale < 1, 'augment_scale', 'expected in [0, 1)')
+  require(config.augment_elastic_sigma > 0, 'augment_elastic_sigma', 'expected a positive number')
   require(
     len(config.hidden_sizes) >= 1 and all(int(n) >= 1 for n in config.hidden_sizes),
     'hidden_sizes',
@@ -71,8 +75,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def save(config: ml_collections.ConfigDict, workdir: Path) -> None:
-  """Writes the resolved config, from which later modes rebuild the model."""
-  (Path(workdir) / CONFIG_FILE).write_text(config.to_json(indent=2) + '\n')
+  """Writes the resolved config, from which later modes rebuild the model; atomically."""
+  partial = Path(workdir) / f'{CONFIG_FILE}.tmp'
+  partial.write_text(config.to_json(indent=2) + '\n')
+  partial.replace(Path(workdir) / CONFIG_FILE)
 
 
 def load(workdir: Path) -> ml_collections.ConfigDict:

@@ -5,6 +5,7 @@ runs whole epochs on the device under lax.scan. Metrics are returned as sums ove
 (loss, correct, count) so that they add up exactly across steps, batches and devices.
 """
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -45,6 +46,8 @@ class Model(struct.PyTreeNode):
   optimizer: optax.GradientTransformation = struct.field(pytree_node=False)
   dropout_rate: float | jax.Array = 0.0
   label_smoothing: float | jax.Array = 0.0
+  # Distorts a training batch: (images, key) -> float images (augment.Distortion); None: off.
+  augment: Callable | None = struct.field(pytree_node=False, default=None)
 
 
 def _off(rate) -> bool:
@@ -76,7 +79,11 @@ def loss_and_sums(params, model: Model, images, labels, mask, dropout_key=None):
 
 def train_step(model: Model, state: TrainState, images, labels, mask) -> tuple[TrainState, Sums]:
   """One optimizer step on one batch; padded examples (mask 0) carry no gradient."""
-  dropout_key = None if _off(model.dropout_rate) else jax.random.fold_in(state.rng, state.step)
+  step_key = jax.random.fold_in(state.rng, state.step)
+  if model.augment is not None:
+    step_key, augment_key = jax.random.split(step_key)
+    images = model.augment(images, augment_key)
+  dropout_key = None if _off(model.dropout_rate) else step_key
   grads, sums = jax.grad(loss_and_sums, has_aux=True)(
     state.params, model, images, labels, mask, dropout_key
   )
@@ -123,15 +130,6 @@ def evaluate(model: Model, params, images, labels, mask) -> Sums:
 
   total, _ = jax.lax.scan(body, zero_sums(), (images, labels, mask))
   return total
-
-
-def epoch_order(data_key, epoch, num_examples: int, batch_size: int):
-  """This epoch's shuffled batch indices (steps, batch) and mask; the last batch is padded."""
-  order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
-  steps = -(-num_examples // batch_size)
-  padded = jnp.zeros(steps * batch_size, order.dtype).at[:num_examples].set(order)
-  mask = jnp.arange(steps * batch_size) < num_examples
-  return padded.reshape(steps, batch_size), mask.reshape(steps, batch_size)
 
 
 def probabilities(model: Model, params, images) -> jax.Array:

@@ -1,0 +1,95 @@
+"""Random distortions of training images, computed on the device inside the jitted step.
+
+Each image gets its own random affine map (rotation, x and y scale, shear, translation) and an
+elastic distortion (Simard et al. 2003: a random displacement field smoothed by a Gaussian),
+and is resampled bilinearly with jax.scipy.ndimage.map_coordinates. Everything is a pure
+function of the images and a key, so a seed reproduces the same distortions.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class Distortion:
+  """Ranges of the random distortions; each is drawn uniformly from [-range, range]."""
+
+  rotation: float = 0.0  # Degrees.
+  scale: float = 0.0  # Relative change of each axis' size: 0.1 draws factors in [0.9, 1.1].
+  shear: float = 0.0  # Degrees.
+  translation: float = 0.0  # Pixels along each axis.
+  elastic_alpha: float = 0.0  # Scale of the elastic displacement field, in pixels.
+  elastic_sigma: float = 4.0  # Smoothness (Gaussian sigma, pixels) of that field.
+
+  def __call__(self, images: jax.Array, key: jax.Array) -> jax.Array:
+    """Distorted images, float32 in the input's value range, of the input's shape (N, H, W, 1)."""
+    affine_key, elastic_key = jax.random.split(key)
+    num, height, width = images.shape[:3]
+    rows, cols = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing='ij')
+    center = jnp.array([(height - 1) / 2, (width - 1) / 2])
+    grid = jnp.stack([rows, cols]).reshape(2, -1) - center[:, None]  # (2, H*W), centred.
+    # Output pixel p samples the input at A^-1 (p - t) + center: A maps input to output.
+    inverse, shift = self._affine(affine_key, num)
+    coords = inverse @ (grid[None] - shift[:, :, None]) + center[None, :, None]
+    coords = coords.reshape(num, 2, height, width)
+    if self.elastic_alpha:
+      coords = coords + self._elastic_field(elastic_key, num, height, width)
+
+    def resample(image, image_coords):
+      return jax.scipy.ndimage.map_coordinates(image, list(image_coords), order=1, mode='constant')
+
+    distorted = jax.vmap(resample)(images[..., 0].astype(jnp.float32), coords)
+    return distorted[..., None]
+
+  def _affine(self, key: jax.Array, num: int) -> tuple[jax.Array, jax.Array]:
+    """Per image, the inverse 2x2 linear part (N, 2, 2) and the translation (N, 2)."""
+    keys = jax.random.split(key, 4)
+
+    def uniform(k, limit, shape=(num,)):
+      return jax.random.uniform(k, shape, minval=-limit, maxval=limit)
+
+    angle = jnp.deg2rad(uniform(keys[0], self.rotation))
+    shear = jnp.deg2rad(uniform(keys[1], self.shear))
+    scale = 1.0 + uniform(keys[2], self.scale, (num, 2))
+    shift = uniform(keys[3], self.translation, (num, 2))
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    rotate = jnp.stack([jnp.stack([cos, -sin], -1), jnp.stack([sin, cos], -1)], -2)
+    one, zero = jnp.ones(num), jnp.zeros(num)
+    shear_matrix = jnp.stack([jnp.stack([one, zero], -1), jnp.stack([jnp.tan(shear), one], -1)], -2)
+    linear = rotate @ shear_matrix * scale[:, None, :]  # Scale the axes, shear, then rotate.
+    return jnp.linalg.inv(linear), shift
+
+  def _elastic_field(self, key: jax.Array, num: int, height: int, width: int) -> jax.Array:
+    """Displacements (N, 2, H, W): uniform noise in [-1, 1] smoothed by a Gaussian, times alpha.
+
+    The smoothing is a separable convolution with zero padding, written as two small
+    matrix products.
+    """
+    noise = jax.random.uniform(key, (num, 2, height, width), minval=-1.0, maxval=1.0)
+    smooth_rows, smooth_cols = (self._gaussian_matrix(n) for n in (height, width))
+    return self.elastic_alpha * (smooth_rows @ noise @ smooth_cols.T)
+
+  def _gaussian_matrix(self, size: int) -> jax.Array:
+    offsets = jnp.arange(size)[:, None] - jnp.arange(size)[None, :]
+    weights = jnp.exp(-0.5 * (offsets / self.elastic_sigma) ** 2)
+    return weights / (jnp.sqrt(2 * jnp.pi) * self.elastic_sigma)
+
+  @property
+  def enabled(self) -> bool:
+    return any((self.rotation, self.scale, self.shear, self.translation, self.elastic_alpha))
+
+
+def from_config(config: ml_collections.ConfigDict) -> Distortion | None:
+  """The distortion a config's augment_* fields ask for; None when they are all 0."""
+  distortion = Distortion(
+    rotation=config.augment_rotation,
+    scale=config.augment_scale,
+    shear=config.augment_shear,
+    translation=config.augment_translation,
+    elastic_alpha=config.augment_elastic_alpha,
+    elastic_sigma=config.augment_elastic_sigma,
+  )
+  return distortion if distortion.enabled else None
