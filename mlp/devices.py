@@ -11,7 +11,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -106,14 +105,6 @@ def replicate(tree, mesh: jax.sharding.Mesh):
     return put(np.asarray(x), sharding)
 
   return jax.tree.map(place, tree)
-
-
-def to_host(tree):
-  """Whole NumPy copies, also of arrays sharded over other processes' devices.
-
-  Gathering those is a collective: every process must call this with the same arrays.
-  """
-  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def configure_runtime(config) -> None:
