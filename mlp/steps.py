@@ -13,6 +13,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+# Two steps per loop iteration: 7% more examples/s on the 2-core CPU (290k -> 311k, batch 100);
+# 4 gained less.
+SCAN_UNROLL = 2
+
 
 class TrainState(struct.PyTreeNode):
   """Everything that changes during training; the model's structure and optimizer are static."""
@@ -96,29 +100,28 @@ def add_sums(a: Sums, b: Sums) -> Sums:
   return Sums(*(x + y for x, y in zip(a, b, strict=True)))
 
 
-def train_on_indices(model: Model, state, images, labels, indices, mask):
-  """Steps over batches gathered on the device: indices and mask are (steps, batch)."""
+def _scan_train_steps(model: Model, state, xs, batch_of):
+  """One train_step per slice of xs along its leading axis; batch_of(slice) gives the batch."""
 
-  def body(carry, xs):
+  def body(carry, x):
     state, total = carry
-    batch_indices, batch_mask = xs
-    state, sums = train_step(model, state, images[batch_indices], labels[batch_indices], batch_mask)
+    state, sums = train_step(model, state, *batch_of(x))
     return (state, add_sums(total, sums)), None
 
-  (state, total), _ = jax.lax.scan(body, (state, zero_sums()), (indices, mask))
+  (state, total), _ = jax.lax.scan(body, (state, zero_sums()), xs, unroll=SCAN_UNROLL)
   return state, total
+
+
+def train_on_indices(model: Model, state, images, labels, indices, mask):
+  """Steps over batches gathered on the device: indices and mask are (steps, batch)."""
+  return _scan_train_steps(
+    model, state, (indices, mask), lambda x: (images[x[0]], labels[x[0]], x[1])
+  )
 
 
 def train_on_batches(model: Model, state, images, labels, mask):
   """Steps over batches stacked on the host: images (steps, batch, 28, 28, 1)."""
-
-  def body(carry, batch):
-    state, total = carry
-    state, sums = train_step(model, state, *batch)
-    return (state, add_sums(total, sums)), None
-
-  (state, total), _ = jax.lax.scan(body, (state, zero_sums()), (images, labels, mask))
-  return state, total
+  return _scan_train_steps(model, state, (images, labels, mask), lambda batch: batch)
 
 
 def evaluate(model: Model, params, images, labels, mask) -> Sums:
