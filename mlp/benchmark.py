@@ -39,7 +39,7 @@ def time_epochs(config: ml_collections.ConfigDict, split: input_pipeline.Split) 
   mesh = devices.make_mesh()
   model, params = build.build_model(config, steps_per_epoch=-(-len(split) // config.batch_size))
   programs = train.compile_programs(model, mesh)
-  state = jax.device_put(build.init_state(config, model, params), devices.replicated(mesh))
+  state = devices.replicate(build.init_state(config, model, params), mesh)
   data = train.place_train_data(config, split, mesh)
   compile_before = _compile_seconds[0]
   state, sums = train.run_epoch(config, programs, state, data, epoch=1)  # Warm-up.
