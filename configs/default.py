@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.benchmark_repeats = 5  # Timed epochs after the warm-up; the median is reported.
   config.profile = ''  # A directory for a jax.profiler trace of the benchmark; '' = none.
   config.benchmark_batch_sizes = ()  # Several sizes: a throughput curve in the workdir.
+  config.benchmark_models = 0  # Over 1: also time that many models trained at once (vmap).
 
   # Checkpoints in <workdir>/checkpoints; re-running with the workdir resumes.
   config.checkpoint_every_epochs = 1  # 0 turns checkpoints off.

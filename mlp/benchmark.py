@@ -105,7 +105,24 @@ def measure(config: ml_collections.ConfigDict, split: input_pipeline.Split) -> d
     'baseline_examples_per_sec': baseline_examples_per_sec,
     'baseline_compile_seconds': baseline['compile_seconds'],
     'speedup_over_baseline': examples_per_sec / baseline_examples_per_sec,
+    **_vmapped_models(config),
     **_machine(),
+  }
+
+
+def _vmapped_models(config: ml_collections.ConfigDict) -> dict:
+  """With config.benchmark_models > 1: model-examples/s of that many models trained at once."""
+  if config.benchmark_models <= 1:
+    return {}
+  from mlp import sweep
+
+  one = sweep.throughput(config, 1, repeats=config.benchmark_repeats)
+  many = sweep.throughput(config, config.benchmark_models, repeats=config.benchmark_repeats)
+  return {
+    'vmapped_models': config.benchmark_models,
+    'model_examples_per_sec': many,
+    'single_model_examples_per_sec': one,
+    'vmap_speedup': many / one,
   }
 
 
@@ -120,6 +137,11 @@ def _log_table(result: dict) -> None:
     ('compile seconds', '{compile_seconds:.2f}'),
     ('baseline examples/s', '{baseline_examples_per_sec:,.0f} (host, 1 step per call)'),
     ('speedup over baseline', '{speedup_over_baseline:.2f}x'),
+    *(
+      [('models at once, speedup', '{vmapped_models}: {vmap_speedup:.2f}x model-examples/s')]
+      if 'vmapped_models' in result
+      else []
+    ),
     (
       'setup',
       'batch {batch_size}, {placement}, steps_per_call {steps_per_call}, '

@@ -23,6 +23,10 @@ RESUMABLE_FIELDS = frozenset(
     'matmul_precision',
     'checkpoint_every_epochs',
     'keep_checkpoints',
+    'benchmark_repeats',
+    'profile',
+    'benchmark_batch_sizes',
+    'benchmark_models',
   }
 )
 CHOICES = {
