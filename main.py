@@ -8,7 +8,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mlp import devices
+from mlp import configuration, devices
 from mlp.errors import UserError
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).')
@@ -39,15 +39,17 @@ PROJECT_DIR = str(Path(__file__).resolve().parent)
 
 def run(mode: str) -> int:
   """Runs one mode; returns the exit status."""
-  if mode in ('train', 'benchmark') and FLAGS.config is None:
+  if mode in ('train', 'benchmark', 'sweep') and FLAGS.config is None:
     raise UserError(f'--mode={mode} needs --config, e.g. --config=configs/default.py.')
   if mode in ('eval', 'predict', 'export') and FLAGS.workdir is None:
     raise UserError(f'--mode={mode} needs --workdir, the directory of a training run.')
   devices.initialize_distributed(
     FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed
   )
-  if FLAGS.config is not None:
-    devices.configure_runtime(FLAGS.config)
+  uses_saved_config = mode in ('eval', 'predict', 'export')
+  devices.configure_runtime(
+    configuration.load(FLAGS.workdir) if uses_saved_config else FLAGS.config
+  )
   logging.info(
     'JAX %s, backend %s, process %d of %d, %d devices: %s',
     jax.__version__,
