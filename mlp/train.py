@@ -198,53 +198,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if is_writer:
     reporting.preload_matplotlib()
   summaries = reporting.Summaries(workdir, config, enabled=is_writer)
-  epoch_seconds = []
-  for epoch in range(done_epochs + 1, config.num_epochs + 1):
-    start = time.perf_counter()
-    train_state, train_sums = run_epoch(config, programs, train_state, train_data, epoch)
-    val_sums = programs.evaluate(train_state.params, *validation)
-    record = {'epoch': epoch, **summarize(train_sums, 'train_'), **summarize(val_sums, 'val_')}
-    if not np.isfinite(record['train_loss']):
-      raise UserError(
-        f'The training loss became {record["train_loss"]} in epoch {epoch}; stopped without '
-        'writing a checkpoint. Lower learning_rate or resume from the last checkpoint.'
+  try:
+    epoch_seconds = []
+    for epoch in range(done_epochs + 1, config.num_epochs + 1):
+      start = time.perf_counter()
+      train_state, train_sums = run_epoch(config, programs, train_state, train_data, epoch)
+      val_sums = programs.evaluate(train_state.params, *validation)
+      record = {'epoch': epoch, **summarize(train_sums, 'train_'), **summarize(val_sums, 'val_')}
+      if not np.isfinite(record['train_loss']):
+        raise UserError(
+          f'The training loss became {record["train_loss"]} in epoch {epoch}; stopped without '
+          'writing a checkpoint. Lower learning_rate or resume from the last checkpoint.'
+        )
+      epoch_seconds.append(time.perf_counter() - start)
+      record.update(
+        epoch_seconds=epoch_seconds[-1], examples_per_sec=len(splits.train) / epoch_seconds[-1]
       )
-    epoch_seconds.append(time.perf_counter() - start)
-    record.update(
-      epoch_seconds=epoch_seconds[-1], examples_per_sec=len(splits.train) / epoch_seconds[-1]
-    )
-    eta = float(np.median(epoch_seconds)) * (config.num_epochs - epoch)
-    _log_epoch(record, config.num_epochs, steps_per_epoch, eta)
-    records.append(record)
-    _write_records(workdir, records)
-    summaries.write_epoch(record)
-    every = config.checkpoint_every_epochs
-    if every and (epoch % every == 0 or epoch == config.num_epochs):
-      checkpoint.save(manager, train_state, epoch)
+      eta = float(np.median(epoch_seconds)) * (config.num_epochs - epoch)
+      _log_epoch(record, config.num_epochs, steps_per_epoch, eta)
+      records.append(record)
+      _write_records(workdir, records)
+      summaries.write_epoch(record)
+      every = config.checkpoint_every_epochs
+      if every and (epoch % every == 0 or epoch == config.num_epochs):
+        checkpoint.save(manager, train_state, epoch)
 
-  test_images, test_labels, test_mask = place_eval_data(splits.test, config.eval_batch_size, mesh)
-  test_sums = programs.evaluate(train_state.params, test_images, test_labels, test_mask)
-  test_metrics = summarize(test_sums, 'test_')
-  logging.info(
-    'Test loss: %.4f - Test accuracy: %.4f',
-    test_metrics['test_loss'],
-    test_metrics['test_accuracy'],
-  )
-  _write_records(workdir, [*records, test_metrics])
-  summaries.write_test(test_metrics, epoch=config.num_epochs)
-  summaries.close()
-  # Every process runs this program (it spans all devices); only process 0 draws.
-  probabilities = np.asarray(programs.probabilities(train_state.params, test_images))
-  if is_writer:
-    reporting.save_pictures(
-      workdir,
-      records,
-      splits.test.images,
-      splits.test.labels,
-      probabilities.reshape(-1, probabilities.shape[-1])[: len(splits.test)],
+    test_images, test_labels, test_mask = place_eval_data(splits.test, config.eval_batch_size, mesh)
+    test_sums = programs.evaluate(train_state.params, test_images, test_labels, test_mask)
+    test_metrics = summarize(test_sums, 'test_')
+    logging.info(
+      'Test loss: %.4f - Test accuracy: %.4f',
+      test_metrics['test_loss'],
+      test_metrics['test_accuracy'],
     )
-  manager.wait_until_finished()
-  manager.close()
+    _write_records(workdir, [*records, test_metrics])
+    summaries.write_test(test_metrics, epoch=config.num_epochs)
+    summaries.close()
+    # Every process runs this program (it spans all devices); only process 0 draws.
+    probabilities = np.asarray(programs.probabilities(train_state.params, test_images))
+    if is_writer:
+      reporting.save_pictures(
+        workdir,
+        records,
+        splits.test.images,
+        splits.test.labels,
+        probabilities.reshape(-1, probabilities.shape[-1])[: len(splits.test)],
+      )
+  finally:
+    manager.wait_until_finished()  # Also when stopping early: the last save completes.
+    manager.close()
   return {'epochs': records, **test_metrics}
 
 
