@@ -8,6 +8,7 @@ import ml_collections
 
 from configs import default
 from mlp.errors import UserError
+from mlp.optimizer import SCHEDULES
 
 CONFIG_FILE = 'config.json'
 # Fields a resumed run may change: they alter neither the train state nor the results.
@@ -33,7 +34,7 @@ CHOICES = {
   'placement': ('device', 'host'),
   'compute_dtype': ('float32', 'bfloat16'),
   'matmul_precision': ('default', 'high', 'highest'),
-  'schedule': ('constant', 'cosine'),
+  'schedule': SCHEDULES,
 }
 
 
