@@ -1,28 +1,22 @@
-"""Trains, benchmarks and uses an MNIST MLP: `python main.py --config=configs/default.py`."""
+"""Trains, benchmarks and uses an image classifier: `python main.py --config=configs/default.py`."""
 
+import dataclasses
 import logging as std_logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mlp import configuration, devices
 from mlp.errors import UserError
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).')
-flags.DEFINE_string('workdir', None, 'Run directory; default: a new one under ./runs/.')
-flags.DEFINE_enum(
-  'mode',
-  'train',
-  ['train', 'eval', 'benchmark', 'predict', 'export', 'sweep'],
-  'train (or resume in --workdir); eval, predict, export: use the latest checkpoint in --workdir;'
-  ' benchmark: time training steps; sweep: tune (--config=configs/sweep.py).',
-)
+flags.DEFINE_string('workdir', None, 'Run directory; train: default a new one under ./runs/.')
+flags.DEFINE_string('mode', 'train', 'What to do; see the table in `python main.py --help`.')
 flags.DEFINE_multi_string('image', [], 'predict: an image file or a directory of images.')
 flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: output format on stdout.')
-flags.DEFINE_string('save_preprocessed', None, 'predict: directory for the 28x28 model inputs.')
+flags.DEFINE_string('save_preprocessed', None, 'predict: directory for the model inputs.')
 flags.DEFINE_bool(
   'distributed',
   False,
@@ -35,21 +29,107 @@ flags.DEFINE_integer('num_processes', None, 'Several processes: how many.')
 flags.DEFINE_integer('process_id', None, 'Several processes: this one, from 0.')
 FLAGS = flags.FLAGS
 PROJECT_DIR = str(Path(__file__).resolve().parent)
+DISTRIBUTED_FLAGS = ('distributed', 'coordinator_address', 'num_processes', 'process_id')
 
 
-def run(mode: str) -> int:
+def _train() -> int:
+  from mlp import train
+
+  config_name = Path(config_flags.get_config_filename(FLAGS['config'])).stem
+  workdir = FLAGS.workdir or train.default_workdir(config_name)
+  logging.info('Workdir: %s', workdir)
+  train.train_and_evaluate(FLAGS.config, workdir)
+  return 0
+
+
+def _eval() -> int:
+  from mlp import train
+
+  train.evaluate_checkpoint(FLAGS.workdir)
+  return 0
+
+
+def _benchmark() -> int:
+  from mlp import benchmark
+
+  benchmark.run(FLAGS.config, FLAGS.workdir and Path(FLAGS.workdir))
+  return 0
+
+
+def _predict() -> int:
+  from mlp import predict
+
+  return predict.run(FLAGS.workdir, FLAGS.image, FLAGS.output, FLAGS.save_preprocessed)
+
+
+def _export() -> int:
+  from mlp import export
+
+  export.run(FLAGS.workdir)
+  return 0
+
+
+def _sweep() -> int:
+  from mlp import sweep
+
+  sweep.run(FLAGS.config, FLAGS.workdir)
+  return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+  """One way to run main.py: its function, what it reads, and the flags that are its own."""
+
+  run: Callable[[], int]
+  help: str
+  reads: str  # 'config': --config is required; 'workdir': a trained --workdir is required.
+  flags: tuple[str, ...] = ()
+
+
+MODES = {
+  'train': Mode(_train, 'train, or resume in --workdir', 'config', DISTRIBUTED_FLAGS),
+  'eval': Mode(_eval, 'validation and test metrics of the latest checkpoint', 'workdir'),
+  'benchmark': Mode(_benchmark, 'time training steps', 'config', DISTRIBUTED_FLAGS),
+  'predict': Mode(
+    _predict, 'classify image files', 'workdir', ('image', 'output', 'save_preprocessed')
+  ),
+  'export': Mode(_export, 'write a standalone jax.export model', 'workdir'),
+  'sweep': Mode(_sweep, 'tune (--config=configs/sweep.py)', 'config'),
+}
+FLAGS['mode'].help = 'One of: ' + '; '.join(f'{n}: {m.help}' for n, m in MODES.items()) + '.'
+
+
+def check_flags(mode_name: str) -> Mode:
+  """The mode, once the flags given fit it; a UserError names the first that does not."""
+  mode = MODES.get(mode_name)
+  if mode is None:
+    raise UserError(f'--mode={mode_name} is not a mode; use one of {", ".join(MODES)}.')
+  for name in sorted({f for m in MODES.values() for f in m.flags} - set(mode.flags)):
+    if FLAGS[name].present:
+      owners = ', '.join(n for n, m in MODES.items() if name in m.flags)
+      raise UserError(f'--{name} is a flag of --mode={owners}, not of --mode={mode_name}.')
+  if mode.reads == 'config' and FLAGS.config is None:
+    raise UserError(f'--mode={mode_name} needs --config, e.g. --config=configs/default.py.')
+  if mode.reads == 'workdir':
+    if FLAGS.workdir is None:
+      raise UserError(f'--mode={mode_name} needs --workdir, the directory of a training run.')
+    if FLAGS['config'].present:
+      raise UserError(f'--mode={mode_name} reads the config saved in --workdir; drop --config.')
+  return mode
+
+
+def run(mode_name: str) -> int:
   """Runs one mode; returns the exit status."""
-  if mode in ('train', 'benchmark', 'sweep') and FLAGS.config is None:
-    raise UserError(f'--mode={mode} needs --config, e.g. --config=configs/default.py.')
-  if mode in ('eval', 'predict', 'export') and FLAGS.workdir is None:
-    raise UserError(f'--mode={mode} needs --workdir, the directory of a training run.')
+  mode = check_flags(mode_name)
+  import jax
+
+  from mlp import configuration, devices
+
   devices.initialize_distributed(
     FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed
   )
-  uses_saved_config = mode in ('eval', 'predict', 'export')
-  devices.configure_runtime(
-    configuration.load(FLAGS.workdir) if uses_saved_config else FLAGS.config
-  )
+  config = configuration.load(FLAGS.workdir) if mode.reads == 'workdir' else FLAGS.config
+  devices.configure_runtime(config)
   logging.info(
     'JAX %s, backend %s, process %d of %d, %d devices: %s',
     jax.__version__,
@@ -59,34 +139,7 @@ def run(mode: str) -> int:
     jax.device_count(),
     jax.devices(),
   )
-  if mode == 'train':
-    from mlp import train
-
-    config_name = Path(config_flags.get_config_filename(FLAGS['config'])).stem
-    workdir = FLAGS.workdir or train.default_workdir(config_name)
-    logging.info('Workdir: %s', workdir)
-    train.train_and_evaluate(FLAGS.config, workdir)
-  elif mode == 'eval':
-    from mlp import train
-
-    train.evaluate_checkpoint(FLAGS.workdir)
-  elif mode == 'benchmark':
-    from mlp import benchmark
-
-    benchmark.run(FLAGS.config, FLAGS.workdir and Path(FLAGS.workdir))
-  elif mode == 'predict':
-    from mlp import predict
-
-    return predict.run(FLAGS.workdir, FLAGS.image, FLAGS.output, FLAGS.save_preprocessed)
-  elif mode == 'export':
-    from mlp import export
-
-    export.run(FLAGS.workdir)
-  elif mode == 'sweep':
-    from mlp import sweep
-
-    sweep.run(FLAGS.config, FLAGS.workdir)
-  return 0
+  return mode.run()
 
 
 class _OwnInfoOnly(std_logging.Filter):
@@ -103,7 +156,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as error:  # What ml_collections raises for an unknown field.
+    from mlp import configuration
+
     name, _, hint = str(error).replace('\\n', '\n').replace("\\'", '').strip('\'"').partition('\n')
+    field = name.split("'")[1] if "'" in name else name
+    new = configuration.moved_to(field)
+    hint = f'It is now {new}: --config.{new}=...' if new else hint
     sys.stderr.write(f'FATAL Flags parsing error: unknown config field {name}. {hint}\n')
     sys.exit(1)
 

@@ -21,17 +21,17 @@ from configs import optimized
 def get_config() -> ml_collections.ConfigDict:
   """configs/optimized.py with distortions, a deeper network and longer training."""
   config = optimized.get_config()
-  config.hidden_sizes = (2048, 1024, 512)
-  config.dropout_rate = 0.1
-  config.label_smoothing = 0.05
-  config.learning_rate = 1e-3
-  config.warmup_epochs = 2.0
-  config.num_epochs = 120
-  config.augment_rotation = 10.0
-  config.augment_scale = 0.1
-  config.augment_shear = 10.0
-  config.augment_translation = 2.0
-  config.augment_elastic_alpha = 34.0
-  config.augment_elastic_sigma = 5.0
-  config.checkpoint_every_epochs = 5
+  config.mlp.hidden_sizes = (2048, 1024, 512)
+  config.mlp.dropout_rate = 0.1
+  config.optim.label_smoothing = 0.05
+  config.optim.learning_rate = 1e-3
+  config.optim.warmup_epochs = 2.0
+  config.optim.num_epochs = 120
+  config.augment.rotation = 10.0
+  config.augment.scale = 0.1
+  config.augment.shear = 10.0
+  config.augment.translation = 2.0
+  config.augment.elastic_alpha = 34.0
+  config.augment.elastic_sigma = 5.0
+  config.run.checkpoint_every_epochs = 5
   return config

@@ -20,13 +20,13 @@ from configs import default
 
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.batch_size = 128
-  config.dropout_rate = 0.443
-  config.hidden_sizes = (1024, 1024)
-  config.label_smoothing = 0.006717
-  config.learning_rate = 0.00228
-  config.num_epochs = 30
-  config.schedule = 'cosine'
-  config.warmup_epochs = 1.0
-  config.weight_decay = 0.002245
+  config.optim.batch_size = 128
+  config.mlp.dropout_rate = 0.443
+  config.mlp.hidden_sizes = (1024, 1024)
+  config.optim.label_smoothing = 0.006717
+  config.optim.learning_rate = 0.00228
+  config.optim.num_epochs = 30
+  config.optim.schedule = 'cosine'
+  config.optim.warmup_epochs = 1.0
+  config.optim.weight_decay = 0.002245
   return config

@@ -1,12 +1,15 @@
-"""MNIST splits as NumPy arrays: read once from tfds, cached, split, batched.
+"""tfds image-classification splits as NumPy arrays: read once from tfds, cached, split, batched.
 
-Every split is read whole into memory (MNIST is 47 MB as uint8), so training can put it on
-the device and shuffling is a full permutation. Images stay uint8 (N, 28, 28, 1) and labels
-int32 (N,); the model scales pixels to [0, 1] where it consumes them.
+Every split is read whole into memory (MNIST is 47 MB as uint8, CIFAR-10 180 MB), so training
+can put it on the device and shuffling is a full permutation. Images stay uint8 (N, H, W, C) and
+labels int32 (N,); the model scales pixels to [0, 1] where it consumes them. What a run needs to
+know of its dataset (image shape, class names) comes from the tfds builder's info, is cached
+with the arrays and saved with the run as DatasetInfo.
 """
 
 import dataclasses
 import hashlib
+import json
 import os
 import socket
 from pathlib import Path
@@ -17,24 +20,71 @@ from mlp.errors import UserError
 
 # Where tfds downloads MNIST from; checked before a download is tried.
 DOWNLOAD_HOST = 'storage.googleapis.com'
+INFO_FILE = 'dataset.json'
+# Part of every cache file's name: bump it when what a cache file holds changes.
+CACHE_FORMAT = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """Images uint8 (N, 28, 28, 1) and labels int32 (N,)."""
+  """Images uint8 (N, H, W, C), labels int32 (N,) and the names of the label values."""
 
   images: np.ndarray
   labels: np.ndarray
+  class_names: tuple[str, ...]
 
   def __len__(self) -> int:
     return len(self.labels)
 
 
 @dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What eval, predict, export and the pictures need of a run's data, without the data."""
+
+  name: str
+  image_shape: tuple[int, ...]
+  class_names: tuple[str, ...]
+
+  @classmethod
+  def of(cls, name: str, split: Split) -> 'DatasetInfo':
+    return cls(name, split.images.shape[1:], split.class_names)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def is_digits(self) -> bool:
+    """Grey pictures of the ten digits: predict prepares users' images the way MNIST was made."""
+    return self.image_shape[-1] == 1 and self.class_names == tuple('0123456789')
+
+  def save(self, workdir: Path) -> None:
+    partial = Path(workdir) / f'{INFO_FILE}.tmp'
+    partial.write_text(json.dumps(dataclasses.asdict(self), indent=2) + '\n')
+    partial.replace(Path(workdir) / INFO_FILE)
+
+  @classmethod
+  def load(cls, workdir: Path) -> 'DatasetInfo':
+    path = Path(workdir) / INFO_FILE
+    try:
+      values = json.loads(path.read_text())
+      return cls(values['name'], tuple(values['image_shape']), tuple(values['class_names']))
+    except FileNotFoundError:
+      raise UserError(f'{path} does not exist; train into this workdir first.') from None
+    except (ValueError, KeyError, TypeError) as error:
+      raise UserError(f'{path} is damaged ({error!r}); train into a new workdir.') from None
+
+
+@dataclasses.dataclass(frozen=True)
 class Splits:
+  name: str  # The config's data.name.
   train: Split
   validation: Split
   test: Split
+
+  @property
+  def info(self) -> DatasetInfo:
+    return DatasetInfo.of(self.name, self.train)
 
 
 def default_cache_dir() -> Path:
@@ -67,16 +117,18 @@ def _read_with_tfds(name: str, split: str, data_dir: Path, download: bool) -> Sp
   builder = tfds.builder(name, data_dir=str(data_dir))
   if download:
     builder.download_and_prepare()  # A no-op when the dataset is already prepared.
+  image_key, label_key = builder.info.supervised_keys or ('image', 'label')
+  class_names = tuple(builder.info.features[label_key].names)
   if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
     source = builder.as_data_source(split=split)
     examples = source.__getitems__(range(len(source)))
-    images = np.stack([e['image'] for e in examples])
-    labels = np.array([e['label'] for e in examples])
+    images = np.stack([e[image_key] for e in examples])
+    labels = np.array([e[label_key] for e in examples])
   else:
     batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000)))
-    images = np.concatenate([b['image'] for b in batches])
-    labels = np.concatenate([b['label'] for b in batches])
-  return Split(images.astype(np.uint8), labels.astype(np.int32))
+    images = np.concatenate([b[image_key] for b in batches])
+    labels = np.concatenate([b[label_key] for b in batches])
+  return Split(images.astype(np.uint8), labels.astype(np.int32), class_names)
 
 
 def _check_can_download(name: str, data_dir: Path, download: bool) -> None:
@@ -97,8 +149,9 @@ def _cache_file(name: str, split: str, data_dir: Path, cache_dir) -> Path | None
   if version is None:
     return None
   where = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-  base = name.partition(':')[0]
-  return Path(cache_dir or default_cache_dir()) / 'data' / f'{base}-{version}-{split}-{where}.npz'
+  base = name.partition(':')[0].replace('/', '_')
+  file = f'{base}-{version}-{split}-{where}.v{CACHE_FORMAT}.npz'
+  return Path(cache_dir or default_cache_dir()) / 'data' / file
 
 
 def load_split(
@@ -117,7 +170,7 @@ def load_split(
   cache_file = _cache_file(name, split, data_path, cache_dir)
   if cache_file is not None and cache_file.exists():
     with np.load(cache_file) as cached:
-      return Split(cached['images'], cached['labels'])
+      return Split(cached['images'], cached['labels'], tuple(cached['class_names'].tolist()))
   if cache_file is None:
     _check_can_download(name, data_path, download)
   data = _read_with_tfds(name, split, data_path, download)
@@ -125,7 +178,7 @@ def load_split(
   if cache_file is not None:
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     partial = cache_file.with_suffix(f'.{os.getpid()}.tmp.npz')
-    np.savez(partial, images=data.images, labels=data.labels)
+    np.savez(partial, images=data.images, labels=data.labels, class_names=data.class_names)
     partial.replace(cache_file)
   return data
 
@@ -140,19 +193,20 @@ def split_off_validation(train: Split, fraction: float, data_seed: int) -> tuple
 
 
 def _take(split: Split, indices: np.ndarray) -> Split:
-  return Split(split.images[indices], split.labels[indices])
+  return Split(split.images[indices], split.labels[indices], split.class_names)
 
 
-def load_splits(config, download: bool = True) -> Splits:
+def load_train_split(config) -> tuple[Split, Split]:
+  """The config's train split less its fixed validation split, and that validation split."""
+  train = load_split(config.data.name, 'train', config.data.dir, config.run.cache_dir)
+  return split_off_validation(train, config.data.validation_fraction, config.data.seed)
+
+
+def load_splits(config) -> Splits:
   """Train, fixed validation and test splits for a config."""
-
-  def load(split: str) -> Split:
-    return load_split(config.dataset, split, config.data_dir, config.cache_dir, download)
-
-  train, validation = split_off_validation(
-    load('train'), config.validation_fraction, config.data_seed
-  )
-  return Splits(train=train, validation=validation, test=load('test'))
+  train, validation = load_train_split(config)
+  test = load_split(config.data.name, 'test', config.data.dir, config.run.cache_dir)
+  return Splits(config.data.name, train, validation, test)
 
 
 def padded_batches(split: Split, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -25,7 +25,10 @@ class Distortion:
   elastic_sigma: float = 4.0  # Smoothness (Gaussian sigma, pixels) of that field.
 
   def __call__(self, images: jax.Array, key: jax.Array) -> jax.Array:
-    """Distorted images, float32 in the input's value range, of the input's shape (N, H, W, 1)."""
+    """Distorted images, float32 in the input's value range, of the input's shape (N, H, W, C).
+
+    Every channel of an image moves with the same map.
+    """
     affine_key, elastic_key = jax.random.split(key)
     num, height, width = images.shape[:3]
     rows, cols = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing='ij')
@@ -41,8 +44,8 @@ class Distortion:
     def resample(image, image_coords):
       return jax.scipy.ndimage.map_coordinates(image, list(image_coords), order=1, mode='constant')
 
-    distorted = jax.vmap(resample)(images[..., 0].astype(jnp.float32), coords)
-    return distorted[..., None]
+    per_channel = jax.vmap(resample, in_axes=(-1, None), out_axes=-1)
+    return jax.vmap(per_channel)(images.astype(jnp.float32), coords)
 
   def _affine(self, key: jax.Array, num: int) -> tuple[jax.Array, jax.Array]:
     """Per image, the inverse 2x2 linear part (N, 2, 2) and the translation (N, 2)."""
@@ -82,14 +85,7 @@ class Distortion:
     return any((self.rotation, self.scale, self.shear, self.translation, self.elastic_alpha))
 
 
-def from_config(config: ml_collections.ConfigDict) -> Distortion | None:
-  """The distortion a config's augment_* fields ask for; None when they are all 0."""
-  distortion = Distortion(
-    rotation=config.augment_rotation,
-    scale=config.augment_scale,
-    shear=config.augment_shear,
-    translation=config.augment_translation,
-    elastic_alpha=config.augment_elastic_alpha,
-    elastic_sigma=config.augment_elastic_sigma,
-  )
+def from_config(augment: ml_collections.ConfigDict) -> Distortion | None:
+  """The distortion a config's augment group asks for; None when its ranges are all 0."""
+  distortion = Distortion(**augment.to_dict())
   return distortion if distortion.enabled else None

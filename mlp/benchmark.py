@@ -34,19 +34,31 @@ def _count_compile_time(event: str, duration: float, **_) -> None:
 monitoring.register_event_duration_secs_listener(_count_compile_time)
 
 
-def time_epochs(config: ml_collections.ConfigDict, split: input_pipeline.Split) -> dict:
-  """Compile seconds and per-epoch seconds of `repeats` steady-state epochs under config."""
+def time_epochs(
+  config: ml_collections.ConfigDict,
+  split: input_pipeline.Split,
+  info: input_pipeline.DatasetInfo,
+  num_models: int = 1,
+) -> dict:
+  """Compile seconds and per-epoch seconds of `repeats` steady-state epochs under config.
+
+  num_models > 1 trains that many models (seeds 0, 1, ...) at once, as a sweep's vmapped trials.
+  """
   mesh = devices.make_mesh()
-  model, params = build.build_model(config, steps_per_epoch=-(-len(split) // config.batch_size))
-  programs = train.compile_programs(model, mesh)
-  state = devices.replicate(build.init_state(config, model, params), mesh)
+  configs = [config.copy_and_resolve_references() for _ in range(num_models)]
+  for seed, trial in enumerate(configs):
+    trial.seed = seed if num_models > 1 else config.seed
+  steps_per_epoch = -(-len(split) // config.optim.batch_size)
+  model, rates, state = build.init_trials(configs, info, steps_per_epoch)
+  programs = train.compile_programs(model, mesh, rates)
+  state = devices.replicate(state, mesh)
   data = train.place_train_data(config, split, mesh)
   compile_before = _compile_seconds[0]
   state, sums = train.run_epoch(config, programs, state, data, epoch=1)  # Warm-up.
   jax.block_until_ready((state, sums))
   compile_seconds = _compile_seconds[0] - compile_before
   seconds = []
-  for epoch in range(2, config.benchmark_repeats + 2):
+  for epoch in range(2, config.benchmark.repeats + 2):
     start = time.perf_counter()
     state, sums = train.run_epoch(config, programs, state, data, epoch)
     jax.block_until_ready((state, sums))
@@ -78,13 +90,15 @@ def _machine() -> dict:
   }
 
 
-def measure(config: ml_collections.ConfigDict, split: input_pipeline.Split) -> dict:
+def measure(
+  config: ml_collections.ConfigDict, split: input_pipeline.Split, info: input_pipeline.DatasetInfo
+) -> dict:
   """The figures of one config and of the baseline, as one JSON-ready dict."""
-  timed = time_epochs(config, split)
+  timed = time_epochs(config, split, info)
   baseline_config = config.copy_and_resolve_references()
-  baseline_config.placement, baseline_config.steps_per_call = 'host', 1
-  baseline = time_epochs(baseline_config, split)
-  steps_per_epoch = -(-len(split) // config.batch_size)
+  baseline_config.run.placement, baseline_config.run.steps_per_call = 'host', 1
+  baseline = time_epochs(baseline_config, split, info)
+  steps_per_epoch = -(-len(split) // config.optim.batch_size)
   median = statistics.median(timed['epoch_seconds'])
   examples_per_sec = len(split) / median
   baseline_examples_per_sec = len(split) / statistics.median(baseline['epoch_seconds'])
@@ -96,30 +110,36 @@ def measure(config: ml_collections.ConfigDict, split: input_pipeline.Split) -> d
     'steps_per_sec': steps_per_epoch / median,
     'ms_per_step': 1000 * median / steps_per_epoch,
     'compile_seconds': timed['compile_seconds'],
-    'repeats': config.benchmark_repeats,
-    'batch_size': config.batch_size,
-    'hidden_sizes': list(config.hidden_sizes),
-    'placement': config.placement,
-    'steps_per_call': config.steps_per_call,
-    'compute_dtype': config.compute_dtype,
+    'repeats': config.benchmark.repeats,
+    'batch_size': config.optim.batch_size,
+    'model': config.model,
+    'dataset': config.data.name,
+    'placement': config.run.placement,
+    'steps_per_call': config.run.steps_per_call,
+    'compute_dtype': config.run.compute_dtype,
     'baseline_examples_per_sec': baseline_examples_per_sec,
     'baseline_compile_seconds': baseline['compile_seconds'],
     'speedup_over_baseline': examples_per_sec / baseline_examples_per_sec,
-    **_vmapped_models(config),
+    **_vmapped_models(config, split, info),
     **_machine(),
   }
 
 
-def _vmapped_models(config: ml_collections.ConfigDict) -> dict:
-  """With config.benchmark_models > 1: model-examples/s of that many models trained at once."""
-  if config.benchmark_models <= 1:
+def _vmapped_models(
+  config: ml_collections.ConfigDict, split: input_pipeline.Split, info: input_pipeline.DatasetInfo
+) -> dict:
+  """With benchmark.models > 1: model-examples/s of that many models trained at once (vmap)."""
+  num_models = config.benchmark.models
+  if num_models <= 1:
     return {}
-  from mlp import sweep
 
-  one = sweep.throughput(config, 1, repeats=config.benchmark_repeats)
-  many = sweep.throughput(config, config.benchmark_models, repeats=config.benchmark_repeats)
+  def model_examples_per_sec(count: int) -> float:
+    seconds = time_epochs(config, split, info, count)['epoch_seconds']
+    return count * len(split) / statistics.median(seconds)
+
+  one, many = model_examples_per_sec(1), model_examples_per_sec(num_models)
   return {
-    'vmapped_models': config.benchmark_models,
+    'vmapped_models': num_models,
     'model_examples_per_sec': many,
     'single_model_examples_per_sec': one,
     'vmap_speedup': many / one,
@@ -179,7 +199,7 @@ def save_curve(results: list[dict], workdir: Path) -> None:
   axes.set(xscale='log', xlabel='batch size', ylabel='training examples/s')
   axes.set_title(
     f'{results[0]["device_count"]} x {results[0]["device_kind"]}, JAX '
-    f'{results[0]["jax_version"]}, MLP {results[0]["hidden_sizes"]}'
+    f'{results[0]["jax_version"]}, {results[0]["model"]} on {results[0]["dataset"]}'
   )
   axes.grid(alpha=0.3)
   axes.legend()
@@ -191,31 +211,30 @@ def save_curve(results: list[dict], workdir: Path) -> None:
 def run(config: ml_collections.ConfigDict, workdir: Path | None = None) -> list[dict]:
   """Per batch size, a table on stderr and one JSON line on stdout; a curve for several.
 
-  config.benchmark_batch_sizes, if set, lists the batch sizes; else config.batch_size alone.
+  benchmark.batch_sizes, if set, lists the batch sizes; else optim.batch_size alone.
   """
   configuration.validate(config)
-  sizes = tuple(config.benchmark_batch_sizes) or (config.batch_size,)
+  sizes = tuple(config.benchmark.batch_sizes) or (config.optim.batch_size,)
   for batch_size in sizes:
     devices.check_batch_size(batch_size)
-  split, _ = input_pipeline.split_off_validation(
-    input_pipeline.load_split(config.dataset, 'train', config.data_dir, config.cache_dir),
-    config.validation_fraction,
-    config.data_seed,
-  )
-  if config.profile:
-    jax.profiler.start_trace(config.profile)
+  split, _ = input_pipeline.load_train_split(config)
+  info = input_pipeline.DatasetInfo.of(config.data.name, split)
+  if config.benchmark.profile:
+    jax.profiler.start_trace(config.benchmark.profile)
   results = []
   try:
     for batch_size in sizes:
       sized = config.copy_and_resolve_references()
-      sized.batch_size = batch_size
-      results.append(measure(sized, split))
+      sized.optim.batch_size = batch_size
+      results.append(measure(sized, split, info))
       _log_table(results[-1])
       print(json.dumps(results[-1]), file=sys.stdout, flush=True)
   finally:
-    if config.profile:
+    if config.benchmark.profile:
       jax.profiler.stop_trace()
-      logging.info('Profile written to %s (open with TensorBoard or Perfetto).', config.profile)
+      logging.info(
+        'Profile written to %s (open with TensorBoard or Perfetto).', config.benchmark.profile
+      )
   if len(results) > 1:
     save_curve(results, workdir or Path('runs') / f'benchmark-{time.strftime("%Y%m%d-%H%M%S")}')
   return results

@@ -1,46 +1,61 @@
 """Building the model and its train state from a config: the one place both are made."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mlp import augment, steps
-from mlp.model import MLP
+from input_pipeline import DatasetInfo
+from mlp import augment, models, steps
+from mlp.errors import UserError
+from mlp.fields import Role
 from mlp.optimizer import make_optimizer
 
 
-def _network(hidden_sizes, activation: str, compute_dtype: str, key: jax.Array) -> MLP:
-  return MLP(hidden_sizes, activation, compute_dtype=compute_dtype, rngs=nnx.Rngs(params=key))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _init_params(hidden_sizes, activation: str, compute_dtype: str, seed: int) -> nnx.State:
-  """Initialises in one compiled program: eagerly, each layer's init compiles on its own
-  (0.9 s of a cold start)."""
-  return nnx.state(_network(hidden_sizes, activation, compute_dtype, jax.random.key(seed)))
+def network(config: ml_collections.ConfigDict, info: DatasetInfo, key: jax.Array) -> nnx.Module:
+  """The registered model config.model, built from its config group for the dataset's shapes."""
+  return models.REGISTRY[config.model](
+    config[config.model],
+    info.image_shape,
+    info.num_classes,
+    dtype=jnp.dtype(config.run.compute_dtype),
+    rngs=nnx.Rngs(params=key),
+  )
 
 
 def build_model(
-  config: ml_collections.ConfigDict, steps_per_epoch: int | None = None
+  config: ml_collections.ConfigDict, info: DatasetInfo, steps_per_epoch: int | None = None
 ) -> tuple[steps.Model, nnx.State]:
   """The model (structure, optimizer, rates) and freshly initialised parameters.
 
   steps_per_epoch sets the length of a learning-rate schedule; None is for restoring and
   inference, where only the structure of the train state matters.
   """
-  structure = (tuple(config.hidden_sizes), config.activation, config.compute_dtype)
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: _network(*structure, jax.random.key(0))))
-  params = _init_params(*structure, config.seed)
-  optimizer = make_optimizer(config, steps_per_epoch)
+  graphdef, _, other = nnx.split(
+    nnx.eval_shape(lambda: network(config, info, jax.random.key(0))), nnx.Param, ...
+  )
+  if jax.tree.leaves(other):
+    raise UserError(
+      f'Model {config.model!r} holds state besides parameters (such as BatchNorm statistics), '
+      'which the training step does not carry; see mlp/models/__init__.py.'
+    )
+  # One compiled program: eagerly, each layer's init compiles on its own (0.9 s of a cold start).
+  params = jax.jit(lambda seed: nnx.state(network(config, info, jax.random.key(seed)), nnx.Param))(
+    config.seed
+  )
+  optimizer, learning_rate = make_optimizer(config.optim, steps_per_epoch)
+  fields = models.REGISTRY[config.model].FIELDS
   model = steps.Model(
     graphdef,
     optimizer,
-    dropout_rate=config.dropout_rate,
-    label_smoothing=config.label_smoothing,
-    augment=augment.from_config(config),
+    learning_rate,
+    network_rates={
+      name: config[config.model][name]
+      for name, field in fields.items()
+      if field.role is Role.TRACED
+    },
+    label_smoothing=config.optim.label_smoothing,
+    augment=augment.from_config(config.augment),
   )
   return model, params
 
@@ -58,3 +73,26 @@ def init_state(config: ml_collections.ConfigDict, model: steps.Model, params) ->
     )
 
   return fresh(params, config.seed)
+
+
+def init_trials(
+  configs: list[ml_collections.ConfigDict], info: DatasetInfo, steps_per_epoch: int
+) -> tuple[steps.Model, dict | None, steps.TrainState]:
+  """The model the trials share, their rates (trial,) and their states stacked on axis 0.
+
+  A lone trial trains without a trial axis (rates None): XLA's batched matmuls are slower than
+  plain ones.
+  """
+  built = [build_model(config, info, steps_per_epoch) for config in configs]
+  states = [init_state(c, *model_params) for c, model_params in zip(configs, built, strict=True)]
+  model = built[0][0]
+  if len(configs) == 1:
+    return model, None, states[0]
+  rates = {
+    'network_rates': {
+      name: jnp.array([m.network_rates[name] for m, _ in built], jnp.float32)
+      for name in model.network_rates
+    },
+    'label_smoothing': jnp.array([m.label_smoothing for m, _ in built], jnp.float32),
+  }
+  return model, rates, jax.tree.map(lambda *xs: jnp.stack(xs), *states)

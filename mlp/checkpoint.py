@@ -15,6 +15,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+from input_pipeline import DatasetInfo
 from mlp import build, configuration, devices, steps
 from mlp.errors import UserError
 
@@ -109,19 +110,20 @@ def abstract(tree):
 
 def restore_for_inference(
   workdir: Path,
-) -> tuple[ml_collections.ConfigDict, steps.Model, object]:
-  """The saved config, the model it describes and the latest checkpoint's parameters.
+) -> tuple[ml_collections.ConfigDict, DatasetInfo, steps.Model, object]:
+  """The saved config and dataset info, the model they describe and the latest parameters.
 
   The parameters come back replicated on the current devices, whichever devices saved them.
   """
   config = configuration.load(workdir)
-  model, params = build.build_model(config)
+  info = DatasetInfo.load(workdir)
+  model, params = build.build_model(config, info)
   template = devices.replicate(build.init_state(config, model, params), devices.make_mesh())
-  manager, state, _ = restore_latest(workdir, abstract(template), config.keep_checkpoints)
+  manager, state, _ = restore_latest(workdir, abstract(template), config.run.keep_checkpoints)
   manager.close()
   if state is None:
     raise UserError(
       f'No checkpoint in {Path(workdir) / CHECKPOINT_DIR}; train first: '
       f'python main.py --config=configs/default.py --workdir={workdir}'
     )
-  return config, model, state.params
+  return config, info, model, state.params

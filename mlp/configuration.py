@@ -1,118 +1,224 @@
-"""Configs as data: checking their values, saving them into a workdir and reading them back."""
+"""The config schema (every field once, with its role), checking configs, saving and loading them.
 
+A config is an ml_collections.ConfigDict of groups: `data`, `optim`, `augment`, `run`,
+`benchmark`, one group per registered model (`mlp`, `cnn`, ...) and, at the top, `model` (which
+network) and `seed`. `defaults()` builds it from SCHEMA, and configs/*.py override its values.
+Each field's Role (mlp/fields.py) decides what a resume may change and what a sweep may vary.
+"""
+
+import functools
 import json
 from pathlib import Path
+from typing import Any
 
-import jax
 import ml_collections
+from ml_collections import config_dict
 
-from configs import default
+from mlp import models
 from mlp.errors import UserError
+from mlp.fields import Field, Role, at_least, choice, fraction, positive
 from mlp.optimizer import SCHEDULES
 
 CONFIG_FILE = 'config.json'
-# Fields a resumed run may change: they alter neither the train state nor the results.
-RESUMABLE_FIELDS = frozenset(
-  {
-    'num_epochs',
-    'data_dir',
-    'cache_dir',
-    'compilation_cache',
-    'placement',
-    'steps_per_call',
-    'eval_batch_size',
-    'matmul_precision',
-    'checkpoint_every_epochs',
-    'keep_checkpoints',
-    'benchmark_repeats',
-    'profile',
-    'benchmark_batch_sizes',
-    'benchmark_models',
-  }
-)
-CHOICES = {
-  'placement': ('device', 'host'),
-  'compute_dtype': ('float32', 'bfloat16'),
-  'matmul_precision': ('default', 'high', 'highest'),
-  'schedule': SCHEDULES,
+
+_TOP = {
+  'model': Field(
+    'mlp',
+    Role.RESULT,
+    'The network, by its name in mlp/models (its fields are the group of that name).',
+    lambda name: name in models.REGISTRY,
+    f'one of {", ".join(models.REGISTRY)}',
+  ),
+  'seed': Field(0, Role.TRACED, 'Parameter initialisation, dropout and distortions.'),
 }
+_DATA = {
+  'name': Field(
+    'mnist',
+    Role.SPLIT,
+    'A tfds image-classification dataset that fits in memory: mnist, fashion_mnist, kmnist,'
+    " emnist/digits, cifar10, ...; optionally with a version ('mnist:3.0.1').",
+  ),
+  'dir': Field(None, Role.EXECUTION, 'tfds data directory; None: TFDS_DATA_DIR or ~.', kind=str),
+  'validation_fraction': fraction(
+    0.1, Role.SPLIT, 'Share of the train split held out, fixed by data.seed.', closed=False
+  ),
+  'seed': Field(0, Role.SPLIT, 'Picks the validation split and every epoch training order.'),
+}
+_OPTIM = {
+  'batch_size': positive(100, Role.RESULT, 'Global batch; must divide over the devices.'),
+  'num_epochs': positive(10, Role.LENGTH, 'Epochs to train; a resume may raise it.'),
+  'learning_rate': positive(1e-3, Role.TRACED, "Adam's step size (the peak of a schedule)."),
+  'weight_decay': at_least(
+    0.0, 0.0, Role.TRACED, "AdamW's decoupled decay of weight matrices; 0: plain Adam."
+  ),
+  'schedule': choice(
+    'constant', SCHEDULES, Role.RESULT, "Learning-rate shape: 'constant', or 'cosine' to 0."
+  ),
+  'warmup_epochs': at_least(0.0, 0.0, Role.RESULT, 'Linear warm-up from 0 over these epochs.'),
+  'label_smoothing': fraction(0.0, Role.TRACED, 'Share of each target spread over all classes.'),
+}
+# Random distortions of training images on the device (mlp/augment.py), each drawn in [-x, x]
+# per image; all 0: none, as in the notebook.
+_AUGMENT = {
+  'rotation': at_least(0.0, 0.0, Role.RESULT, 'Degrees.'),
+  'scale': fraction(0.0, Role.RESULT, 'Relative change of each axis size.'),
+  'shear': at_least(0.0, 0.0, Role.RESULT, 'Degrees.'),
+  'translation': at_least(0.0, 0.0, Role.RESULT, 'Pixels along each axis.'),
+  'elastic_alpha': at_least(0.0, 0.0, Role.RESULT, 'Elastic displacement in pixels (Simard: 34).'),
+  'elastic_sigma': positive(4.0, Role.RESULT, 'Smoothness of the elastic field in pixels.'),
+}
+_RUN = {
+  'placement': choice(
+    'device', ('device', 'host'), Role.EXECUTION, "'device': train split on the accelerator."
+  ),
+  'steps_per_call': at_least(0, 0, Role.EXECUTION, 'Training steps per jitted call; 0: an epoch.'),
+  'eval_batch_size': positive(1000, Role.EXECUTION, 'The last batch is padded and masked.'),
+  'compute_dtype': choice(
+    'float32', ('float32', 'bfloat16'), Role.RESULT, 'bfloat16: layers in bf16, float32 params.'
+  ),
+  'matmul_precision': choice(
+    'default', ('default', 'high', 'highest'), Role.EXECUTION, 'jax_default_matmul_precision.'
+  ),
+  'cache_dir': Field(None, Role.EXECUTION, 'None: $XDG_CACHE_HOME/mnist-jax.', kind=str),
+  'compilation_cache': Field(True, Role.EXECUTION, "JAX's persistent compilation cache."),
+  'checkpoint_every_epochs': at_least(0, 1, Role.EXECUTION, '0 turns checkpoints off.'),
+  'keep_checkpoints': positive(2, Role.EXECUTION, 'How many of the latest stay on disk.'),
+}
+_BENCHMARK = {
+  'repeats': positive(5, Role.EXECUTION, 'Timed epochs after the warm-up; the median counts.'),
+  'profile': Field('', Role.EXECUTION, "A directory for a jax.profiler trace; '': none."),
+  'batch_sizes': Field((), Role.EXECUTION, 'Several sizes: a throughput curve in the workdir.'),
+  'models': at_least(0, 0, Role.EXECUTION, 'Over 1: also that many models at once (vmap).'),
+}
+GROUPS: dict[str, dict[str, Field]] = {
+  '': _TOP,
+  'data': _DATA,
+  'optim': _OPTIM,
+  'augment': _AUGMENT,
+  'run': _RUN,
+  'benchmark': _BENCHMARK,
+  **{name: model.FIELDS for name, model in models.REGISTRY.items()},
+}
+# Every field by its dotted path: 'optim.batch_size', 'mlp.hidden_sizes', 'seed'.
+SCHEMA: dict[str, Field] = {
+  f'{group}.{name}'.lstrip('.'): field
+  for group, fields in GROUPS.items()
+  for name, field in fields.items()
+}
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every field at its default (the notebook's values), locked so that a typo is an error."""
+  values: dict[str, Any] = {}
+  for path, field in SCHEMA.items():
+    *groups, name = path.split('.')
+    node = functools.reduce(lambda d, g: d.setdefault(g, {}), groups, values)
+    node[name] = config_dict.placeholder(field.kind) if field.default is None else field.default
+  config = ml_collections.ConfigDict(values)
+  config.lock()
+  return config
+
+
+def get(config: ml_collections.ConfigDict, path: str) -> Any:
+  return functools.reduce(getattr, path.split('.'), config)
+
+
+def assign(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+  """Sets the field at a dotted path; a value of the wrong type is a UserError."""
+  *groups, name = path.split('.')
+  if path not in SCHEMA:
+    raise UserError(f'{path!r} is not a config field.')
+  if isinstance(SCHEMA[path].default, tuple) and isinstance(value, list):
+    value = tuple(value)
+  try:
+    setattr(functools.reduce(getattr, groups, config), name, value)
+  except (TypeError, ValueError) as error:
+    raise UserError(f'Invalid value for {path}: {error}') from None
+
+
+def in_use(config: ml_collections.ConfigDict) -> list[str]:
+  """The paths that affect a run of config: every group but the unselected models'."""
+  unused = set(models.REGISTRY) - {config.model}
+  return [path for path in SCHEMA if path.partition('.')[0] not in unused]
+
+
+def with_role(config: ml_collections.ConfigDict, *roles: Role) -> list[str]:
+  return [path for path in in_use(config) if SCHEMA[path].role in roles]
+
+
+def moved_to(name: str) -> str | None:
+  """The path of a field whose old, flat spelling was name (batch_size -> optim.batch_size)."""
+  for path in SCHEMA:
+    group, _, field = path.rpartition('.')
+    if group and name in (field, f'{group}_{field}'):
+      return path
+  return {'dataset': 'data.name'}.get(name)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UserError naming the first field whose value cannot work."""
+  for path in in_use(config):
+    field, value = SCHEMA[path], get(config, path)
+    if value is not None and not field.valid(value):
+      raise UserError(f'Invalid config: {path}={value!r}: expected {field.expected}.')
+  if config.optim.warmup_epochs > config.optim.num_epochs:
+    raise UserError(
+      f'Invalid config: optim.warmup_epochs={config.optim.warmup_epochs!r}: expected at most '
+      f'optim.num_epochs ({config.optim.num_epochs}).'
+    )
 
-  def require(ok: bool, field: str, why: str) -> None:
-    if not ok:
-      raise UserError(f'Invalid config: {field}={config[field]!r}: {why}.')
 
-  for field, choices in CHOICES.items():
-    require(config[field] in choices, field, f'expected one of {", ".join(choices)}')
-  require(0.0 < config.validation_fraction < 1.0, 'validation_fraction', 'expected in (0, 1)')
-  for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'shuffle_buffer_size'):
-    require(config[field] >= 1, field, 'expected a positive integer')
-  require(
-    config.checkpoint_every_epochs >= 0, 'checkpoint_every_epochs', 'expected 0 (off) or more'
-  )
-  require(config.benchmark_repeats >= 1, 'benchmark_repeats', 'expected 1 or more')
-  require(config.keep_checkpoints >= 1, 'keep_checkpoints', 'expected 1 or more')
-  require(config.steps_per_call >= 0, 'steps_per_call', 'expected 0 (whole epoch) or more')
-  require(config.learning_rate > 0, 'learning_rate', 'expected a positive number')
-  require(0.0 <= config.dropout_rate < 1.0, 'dropout_rate', 'expected in [0, 1)')
-  require(0.0 <= config.label_smoothing < 1.0, 'label_smoothing', 'expected in [0, 1)')
-  require(config.weight_decay >= 0, 'weight_decay', 'expected 0 (plain Adam) or more')
-  require(
-    0 <= config.warmup_epochs <= config.num_epochs, 'warmup_epochs', 'expected in [0, num_epochs]'
-  )
-  for name in ('rotation', 'shear', 'translation', 'elastic_alpha'):
-    require(config[f'augment_{name}'] >= 0, f'augment_{name}', 'expected 0 (off) or more')
-  require(0 <= config.augment_scale < 1, 'augment_scale', 'expected in [0, 1)')
-  require(config.augment_elastic_sigma > 0, 'augment_elastic_sigma', 'expected a positive number')
-  require(
-    len(config.hidden_sizes) >= 1 and all(int(n) >= 1 for n in config.hidden_sizes),
-    'hidden_sizes',
-    'expected one or more positive widths',
-  )
-  require(
-    callable(getattr(jax.nn, config.activation, None)),
-    'activation',
-    'expected the name of a jax.nn function such as relu, gelu or tanh',
-  )
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The fields in use by dotted path, as JSON-ready values."""
+  return {path: get(config, path) for path in in_use(config)}
 
 
 def save(config: ml_collections.ConfigDict, workdir: Path) -> None:
-  """Writes the resolved config, from which later modes rebuild the model; atomically."""
+  """Writes the fields in use, from which later modes rebuild the model; atomically."""
   partial = Path(workdir) / f'{CONFIG_FILE}.tmp'
-  partial.write_text(config.to_json(indent=2) + '\n')
+  partial.write_text(json.dumps(to_dict(config), indent=2) + '\n')
   partial.replace(Path(workdir) / CONFIG_FILE)
 
 
 def load(workdir: Path) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with; fields it predates keep their defaults."""
+  """The config a workdir was trained with; a missing or unknown field is a one-line error."""
   path = Path(workdir) / CONFIG_FILE
-  if not path.exists():
+  if not path.is_file():
     raise UserError(f'{path} does not exist; train into this workdir first.')
   try:
     values = json.loads(path.read_text())
-  except json.JSONDecodeError as error:
-    raise UserError(f'{path} is not valid JSON ({error}).') from None
-  values['hidden_sizes'] = tuple(values['hidden_sizes'])
-  config = default.get_config()
-  unknown = sorted(set(values) - set(config))
-  if unknown:
-    raise UserError(f'{path} has fields this code does not know: {", ".join(unknown)}.')
-  config.update(values)
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise UserError(f'{path} is not valid JSON ({error}); train into a new workdir.') from None
+  if not isinstance(values, dict) or not isinstance(values.get('model'), str):
+    raise UserError(f'{path} is not a config of this code; train into a new workdir.')
+  config = defaults()
+  config.model = values['model'] if values['model'] in models.REGISTRY else config.model
+  unknown = sorted(set(values) - set(in_use(config)))
+  missing = sorted(set(in_use(config)) - set(values))
+  if unknown or missing:
+    fields = ', '.join([*(f'unknown {p}' for p in unknown), *(f'missing {p}' for p in missing)])
+    raise UserError(f'{path} does not match this code ({fields}); train into a new workdir.')
+  try:
+    for key, value in values.items():
+      assign(config, key, value)
+  except UserError as error:
+    raise UserError(f'{path}: {error}; train into a new workdir.') from None
   return config
 
 
 def resume_conflicts(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> str:
-  """The fields, other than RESUMABLE_FIELDS, on which two configs differ, as 'a: x -> y'.
+  """The fields a resume may not change on which two configs differ, as 'path: x -> y'.
 
-  A cosine schedule's length is num_epochs, so there it is not resumable.
+  A cosine schedule's length is optim.num_epochs, so there that is fixed too.
   """
-  resumable = RESUMABLE_FIELDS - ({'num_epochs'} if config.schedule == 'cosine' else set())
+  roles = [Role.RESULT, Role.TRACED, Role.SPLIT]
+  if config.optim.schedule == 'cosine':
+    roles.append(Role.LENGTH)
   changed = [
-    f'{key}: {saved[key]!r} -> {config[key]!r}'
-    for key in config
-    if key not in resumable and key in saved and saved[key] != config[key]
+    f'{path}: {get(saved, path)!r} -> {get(config, path)!r}'
+    for path in with_role(config, *roles)
+    if path in in_use(saved) and get(saved, path) != get(config, path)
   ]
-  return ', '.join(changed)
+  if saved.model != config.model:
+    changed.insert(0, f'model: {saved.model!r} -> {config.model!r}')
+  return ', '.join(dict.fromkeys(changed))

@@ -109,11 +109,11 @@ def replicate(tree, mesh: jax.sharding.Mesh):
 
 def configure_runtime(config) -> None:
   """Process-wide JAX settings from the config: matmul precision and the compilation cache."""
-  jax.config.update('jax_default_matmul_precision', config.matmul_precision)
-  if config.compilation_cache:
+  jax.config.update('jax_default_matmul_precision', config.run.matmul_precision)
+  if config.run.compilation_cache:
     from input_pipeline import default_cache_dir
 
-    cache_dir = config.cache_dir or default_cache_dir()
+    cache_dir = config.run.cache_dir or default_cache_dir()
     jax.config.update('jax_compilation_cache_dir', str(Path(cache_dir) / 'jax'))
     # CPU compilations take well under the default 1 s threshold; cache them all.
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)

@@ -22,9 +22,9 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from input_pipeline import DatasetInfo
 from mlp import checkpoint, devices, preprocess, steps
 from mlp.errors import UserError
-from mlp.model import IMAGE_SHAPE, NUM_CLASSES
 
 BATCH_SIZE = 256
 PROGRESS_SECONDS = 5.0
@@ -46,9 +46,9 @@ def image_paths(images: Sequence[str | Path]) -> list[Path]:
 
 
 def classifier(
-  model: steps.Model, params, batch_size: int = BATCH_SIZE
+  model: steps.Model, params, info: DatasetInfo, batch_size: int = BATCH_SIZE
 ) -> Callable[[np.ndarray], np.ndarray]:
-  """A function from uint8 images (n, 28, 28, 1) to probabilities (n, 10) on the host.
+  """A function from uint8 images (n, H, W, C) to probabilities (n, classes) on the host.
 
   It runs fixed-size padded batches, so it compiles once whatever the n of its calls, and
   splits each batch over every device (the batch is rounded to a multiple of their count).
@@ -63,11 +63,11 @@ def classifier(
     results = []
     for start in range(0, len(images), batch_size):
       batch = images[start : start + batch_size]
-      padded = np.zeros((batch_size, *IMAGE_SHAPE), np.uint8)
+      padded = np.zeros((batch_size, *info.image_shape), np.uint8)
       padded[: len(batch)] = batch
       sharded = devices.put(padded, devices.batch_sharded(mesh))
       results.append(np.asarray(probabilities(params, sharded))[: len(batch)])
-    return np.concatenate(results) if results else np.zeros((0, NUM_CLASSES), np.float32)
+    return np.concatenate(results) if results else np.zeros((0, info.num_classes), np.float32)
 
   return classify
 
@@ -95,12 +95,12 @@ def run(
   """Predicts every image and prints the results; returns 1 if any image failed, else 0."""
   if not images:
     raise UserError('--mode=predict needs --image=PATH, an image file or a directory (repeatable).')
-  _, model, params = checkpoint.restore_for_inference(Path(workdir))
+  _, info, model, params = checkpoint.restore_for_inference(Path(workdir))
   paths = image_paths(images)
   save_dir = Path(save_preprocessed) if save_preprocessed else None
   if save_dir:
     save_dir.mkdir(parents=True, exist_ok=True)
-  classify = classifier(model, params)
+  classify = classifier(model, params, info)
   failed = 0
   start = last_log = time.perf_counter()
   with concurrent.futures.ThreadPoolExecutor() as pool:

@@ -1,4 +1,4 @@
-"""What a run leaves for a person to look at: TensorBoard summaries and pictures of the result.
+"""What a run leaves for people to read: metrics, TensorBoard summaries and pictures.
 
 Summaries are appended to event files under <workdir>/tensorboard while training runs, so a
 killed or resumed run keeps everything it wrote. Pictures are drawn once, at the end, as PNGs
@@ -8,6 +8,7 @@ because importing it costs every run about a third of a second.
 
 import importlib
 import itertools
+import json
 import os
 import textwrap
 import threading
@@ -15,79 +16,101 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import ml_collections
 import numpy as np
+from absl import logging
 from tensorboardX import summary
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event
 
 TENSORBOARD_DIR = 'tensorboard'
-EPOCH_TAGS = {
-  'train_loss': 'train/loss',
-  'train_accuracy': 'train/accuracy',
-  'val_loss': 'val/loss',
-  'val_accuracy': 'val/accuracy',
-  'examples_per_sec': 'perf/examples_per_sec',
-  'epoch_seconds': 'perf/epoch_seconds',
-}
-TEST_TAGS = {'test_loss': 'test/loss', 'test_accuracy': 'test/accuracy'}
+METRICS_FILE = 'metrics.jsonl'
+SPLIT_PREFIXES = ('train', 'val', 'test')
 _writer_ids = itertools.count()
 
 
-class Summaries:
-  """TensorBoard event files of one run; every method does nothing where enabled is False.
+def tag(name: str) -> str:
+  """The TensorBoard tag of a metric: train_loss -> train/loss, grad_norm -> epoch/grad_norm."""
+  split, _, rest = name.partition('_')
+  return f'{split}/{rest}' if split in SPLIT_PREFIXES and rest else f'epoch/{name}'
 
-  Events are written and flushed synchronously: tensorboardX's SummaryWriter hands them to a
-  thread, so its flush() can return before they reach the file and a killed run loses them.
+
+def format_line(label: str, scalars: dict[str, float]) -> str:
+  """The console line of a record: 'Epoch 2/10 - train_loss: 0.1234 - ...'; label says the epoch."""
+
+  def number(value: float) -> str:
+    return f'{value:,.0f}' if abs(value) >= 1000 else f'{value:.4g}'
+
+  values = (f'{name}: {number(value)}' for name, value in scalars.items() if name != 'epoch')
+  return ' - '.join([label, *values])
+
+
+class Metrics:
+  """The one sink of a run's numbers: metrics.jsonl, TensorBoard scalars and the console.
+
+  `write` takes a dict of scalars, so a new metric needs no change here. Records are kept in
+  order and metrics.jsonl is rewritten atomically with each, so a killed run leaves whole lines;
+  a resumed run starts from the records up to its checkpoint. TensorBoard events are written and
+  flushed synchronously: tensorboardX's SummaryWriter hands them to a thread, so its flush() can
+  return before they reach the file. Where enabled is False (processes other than 0) only the
+  console line is written.
   """
 
-  def __init__(self, workdir: str | Path, config: ml_collections.ConfigDict, enabled: bool = True):
-    self._config = config
+  def __init__(
+    self,
+    workdir: str | Path,
+    config_values: dict,
+    records: Sequence[dict] = (),
+    enabled: bool = True,
+  ):
+    self.workdir = Path(workdir)
+    self.records = list(records)
+    self._config_values = config_values
     self._writer = None
     if enabled:
-      logdir = Path(workdir) / TENSORBOARD_DIR
+      logdir = self.workdir / TENSORBOARD_DIR
       logdir.mkdir(parents=True, exist_ok=True)
       # tensorboardX names files by the second and truncates existing ones: a resume within
       # the same second would erase the earlier file without a suffix of its own.
       suffix = f'.{os.getpid()}.{next(_writer_ids)}'
       self._writer = EventsWriter(str(logdir / 'events'), suffix)
-      config_text = textwrap.indent(config.to_json(indent=2), '    ')  # A Markdown code block.
-      self._write([summary.text('config', config_text)], step=0)
+      config_text = textwrap.indent(json.dumps(config_values, indent=2), '    ')  # Markdown code.
+      self._write_events([summary.text('config', config_text)], step=0)
+      self._write_file()
 
-  def _write(self, summaries: Sequence, step: int) -> None:
+  def write(self, step: int, scalars: dict[str, float], label: str, note: str = '') -> None:
+    """Records scalars at step (the epoch) everywhere, and logs them after label."""
+    logging.info('%s', format_line(label, scalars) + (f' - {note}' if note else ''))
+    self.records.append(scalars)
+    if self._writer is not None:
+      values = [summary.scalar(tag(n), v) for n, v in scalars.items() if n != 'epoch']
+      self._write_events(values, step)
+      self._write_file()
+
+  def write_hparams(self, step: int, metric_names: Sequence[str]) -> None:
+    """The config as hyperparameters, compared across runs by the last values of metric_names."""
     if self._writer is None:
       return
+    hparams = {
+      key: value if isinstance(value, bool | int | float | str) else str(value)
+      for key, value in self._config_values.items()
+    }
+    experiment, start, end = summary.hparams(hparams, dict.fromkeys(map(tag, metric_names)))
+    self._write_events([experiment, start, end], step)
+
+  def _write_events(self, summaries: Sequence, step: int) -> None:
     for value in summaries:
       self._writer.write_event(Event(wall_time=time.time(), step=step, summary=value))
     self._writer.flush()
 
-  def write_epoch(self, record: dict[str, float]) -> None:
-    """Writes one metrics.jsonl epoch record as scalars at step = epoch."""
-    scalars = [summary.scalar(tag, record[key]) for key, tag in EPOCH_TAGS.items()]
-    self._write(scalars, step=record['epoch'])
-
-  def write_test(self, metrics: dict[str, float], epoch: int) -> None:
-    """Writes the final test metrics, and the config as hyperparameters compared across runs."""
-    scalars = [summary.scalar(tag, metrics[key]) for key, tag in TEST_TAGS.items()]
-    hparams = {
-      key: value if isinstance(value, bool | int | float | str) else str(value)
-      for key, value in self._config.to_dict().items()
-    }
-    # Columns of the hparams table: each run's last value of these scalar tags.
-    metric_tags = ['val/loss', 'val/accuracy', *TEST_TAGS.values()]
-    experiment, session_start, session_end = summary.hparams(hparams, dict.fromkeys(metric_tags))
-    self._write([*scalars, experiment, session_start, session_end], step=epoch)
+  def _write_file(self) -> None:
+    partial = self.workdir / f'{METRICS_FILE}.tmp'
+    partial.write_text(''.join(json.dumps(r) + '\n' for r in self.records))
+    partial.replace(self.workdir / METRICS_FILE)
 
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
       self._writer = None
-
-  def __enter__(self) -> 'Summaries':
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
 
 
 def preload_matplotlib() -> None:
@@ -125,7 +148,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
   return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def save_confusion_matrix(path: str | Path, matrix: np.ndarray) -> Path:
+def save_confusion_matrix(path: str | Path, matrix: np.ndarray, class_names: Sequence[str]) -> Path:
   """The confusion matrix as a heat map with every count written in its cell."""
   figure = _figure(7, 6)
   axes = figure.subplots()
@@ -133,6 +156,8 @@ def save_confusion_matrix(path: str | Path, matrix: np.ndarray) -> Path:
   figure.colorbar(image, ax=axes)
   classes = range(len(matrix))
   axes.set(xticks=classes, yticks=classes, xlabel='predicted', ylabel='true')
+  axes.set_xticklabels(class_names, rotation=90 if max(map(len, class_names)) > 2 else 0)
+  axes.set_yticklabels(class_names)
   axes.set_title(f'Confusion matrix ({matrix.trace()} of {matrix.sum()} right)')
   for (row, column), count in np.ndenumerate(matrix):
     colour = 'white' if count > matrix.max() / 2 else 'black'
@@ -154,27 +179,34 @@ def save_misclassified(
   images: np.ndarray,
   labels: np.ndarray,
   probabilities: np.ndarray,
+  class_names: Sequence[str],
   rows: int = 4,
   columns: int = 6,
 ) -> Path:
-  """A grid of the most confidently misclassified digits, captioned true, predicted, probability.
+  """A grid of the most confidently misclassified images, captioned true, predicted, probability.
 
-  The grid is one mosaic image in one axes: drawing 24 axes costs about twice as long.
+  The grid is one mosaic image in one axes: drawing 24 axes costs about twice as long. Grey
+  images are drawn dark on light, as digits on paper; colour images as they are.
   """
   indices = confident_mistakes(labels, probabilities, rows * columns)
   mistakes = np.count_nonzero(probabilities.argmax(axis=1) != labels)
-  cell_height, cell_width = 28 + 14, 28 + 4  # Room for a caption above each digit.
-  mosaic = np.zeros((rows * cell_height, columns * cell_width), np.uint8)
+  height, width, channels = images.shape[1:]
+  cell_height, cell_width = height + 14, width + 4  # Room for a caption above each image.
+  mosaic = np.full((rows * cell_height, columns * cell_width, channels), 0, np.uint8)
   figure = _figure(max(1.6 * columns, 4), 1.8 * rows + 0.4)
   axes = figure.subplots()
   for cell, index in enumerate(indices):
     top, left = divmod(cell, columns)
     top, left = top * cell_height + 12, left * cell_width + 2
-    mosaic[top : top + 28, left : left + 28] = images[index, ..., 0]
+    mosaic[top : top + height, left : left + width] = images[index]
     predicted = probabilities[index].argmax()
-    caption = f'{labels[index]} as {predicted}, {probabilities[index, predicted]:.2f}'
-    axes.text(left + 14, top - 2, caption, ha='center', va='bottom', fontsize=8)
-  axes.imshow(mosaic, cmap='gray_r', vmin=0, vmax=255)
+    true_name, predicted_name = class_names[labels[index]], class_names[predicted]
+    caption = f'{true_name} as {predicted_name}, {probabilities[index, predicted]:.2f}'
+    axes.text(left + width / 2, top - 2, caption, ha='center', va='bottom', fontsize=7)
+  if channels == 1:
+    axes.imshow(mosaic[..., 0], cmap='gray_r', vmin=0, vmax=255)
+  else:
+    axes.imshow(np.where(mosaic.any(-1, keepdims=True), mosaic, 255))
   axes.set_axis_off()
   axes.set_title(
     f'Most confident mistakes (true as predicted, probability): {len(indices)} of {mistakes} shown'
@@ -183,7 +215,7 @@ def save_misclassified(
     axes.text(
       mosaic.shape[1] / 2,
       mosaic.shape[0] / 2,
-      'No misclassified digits',
+      'No misclassified images',
       ha='center',
       va='center',
       fontsize=16,
@@ -198,15 +230,17 @@ def save_pictures(
   images: np.ndarray,
   labels: np.ndarray,
   probabilities: np.ndarray,
+  class_names: Sequence[str],
 ) -> list[Path]:
   """Writes training_curves.png, confusion_matrix.png and misclassified.png into workdir.
 
   Args:
     workdir: The run's directory.
     records: The epoch records of metrics.jsonl, in order.
-    images: Test images uint8 (N, 28, 28, 1).
+    images: Test images uint8 (N, H, W, C).
     labels: Test labels int (N,).
-    probabilities: The model's class probabilities (N, 10) for those images.
+    probabilities: The model's class probabilities (N, classes) for those images.
+    class_names: The name of each class, for the captions.
 
   Returns:
     The paths written.
@@ -215,6 +249,6 @@ def save_pictures(
   matrix = confusion_matrix(labels, probabilities.argmax(axis=1), probabilities.shape[1])
   return [
     save_training_curves(workdir / 'training_curves.png', records),
-    save_confusion_matrix(workdir / 'confusion_matrix.png', matrix),
-    save_misclassified(workdir / 'misclassified.png', images, labels, probabilities),
+    save_confusion_matrix(workdir / 'confusion_matrix.png', matrix, class_names),
+    save_misclassified(workdir / 'misclassified.png', images, labels, probabilities, class_names),
   ]

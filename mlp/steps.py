@@ -1,12 +1,12 @@
 """Pure, jittable functions of the train state: the loss, one step, many steps, evaluation.
 
 No I/O and no Python state: every function maps arrays to arrays, so it is jitted once and
-runs whole epochs on the device under lax.scan. Metrics are returned as sums over examples
-(loss, correct, count) so that they add up exactly across steps, batches and devices.
+runs whole epochs on the device under lax.scan. Metrics are dicts of sums that add up exactly
+across steps, batches and devices: `loss` and `correct` over `count` examples, and every other
+entry (one value per step) over `steps`; `summarize` turns them into means.
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +16,7 @@ from flax import nnx, struct
 # Two steps per loop iteration: 7% more examples/s on the 2-core CPU (290k -> 311k, batch 100);
 # 4 gained less.
 SCAN_UNROLL = 2
+Sums = dict[str, jax.Array]
 
 
 class TrainState(struct.PyTreeNode):
@@ -24,31 +25,22 @@ class TrainState(struct.PyTreeNode):
   step: jax.Array  # Optimizer steps taken so far.
   params: nnx.State
   opt_state: optax.OptState
-  rng: jax.Array  # Key for dropout; each step folds in its step number.
-
-
-class Sums(NamedTuple):
-  """Metric sums over the examples of one or more batches."""
-
-  loss: jax.Array
-  correct: jax.Array
-  count: jax.Array
-
-
-def zero_sums() -> Sums:
-  return Sums(*(jnp.zeros((), jnp.float32) for _ in range(3)))
+  rng: jax.Array  # Key for dropout and distortions; each step folds in its step number.
 
 
 class Model(struct.PyTreeNode):
   """How to run the network and how to update it.
 
-  The structure and the optimizer are static. The regularisation rates are pytree leaves so that
-  a sweep can vmap over them; a Python 0 is off when traced (no dropout masks are drawn).
+  The structure and the optimizer are static. The traced rates are pytree leaves so that a
+  sweep can vmap over them; a Python 0 is off when traced (no dropout masks are drawn).
   """
 
   graphdef: nnx.GraphDef = struct.field(pytree_node=False)
   optimizer: optax.GradientTransformation = struct.field(pytree_node=False)
-  dropout_rate: float | jax.Array = 0.0
+  # (opt_state, step) -> the learning rate the step's update used, schedule included.
+  learning_rate: Callable = struct.field(pytree_node=False)
+  # The network's Role.TRACED fields, passed to its __call__ (the MLP's dropout_rate).
+  network_rates: dict = struct.field(default_factory=dict)
   label_smoothing: float | jax.Array = 0.0
   # Distorts a training batch: (images, key) -> float images (augment.Distortion); None: off.
   augment: Callable | None = struct.field(pytree_node=False, default=None)
@@ -58,27 +50,30 @@ def _off(rate) -> bool:
   return isinstance(rate, int | float) and rate == 0
 
 
-def loss_and_sums(params, model: Model, images, labels, mask, dropout_key=None):
+def logits(model: Model, params, images, key=None) -> jax.Array:
+  """Float32 logits for images (uint8, or float from the distortions) in [0, 255]."""
+  network = nnx.merge(model.graphdef, params)
+  rates = model.network_rates if key is not None else {}
+  return network(images.astype(jnp.float32) / 255.0, key=key, **rates).astype(jnp.float32)
+
+
+def loss_and_sums(params, model: Model, images, labels, mask, key=None):
   """The mean training loss over the unmasked examples, and their metric sums.
 
   The loss smooths the labels if asked; the sums hold the plain cross-entropy, comparable
   across configs.
   """
-  network = nnx.merge(model.graphdef, params)
-  logits = network(
-    images.astype(jnp.float32) / 255.0,
-    dropout_rate=model.dropout_rate,
-    dropout_key=dropout_key,
-  )
+  outputs = logits(model, params, images, key)
   mask = mask.astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  losses = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
   objective = losses
   if not _off(model.label_smoothing):
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), model.label_smoothing)
-    objective = optax.softmax_cross_entropy(logits, targets)
-  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-  sums = Sums(jnp.sum(losses * mask), jnp.sum(correct * mask), jnp.sum(mask))
-  return jnp.sum(objective * mask) / jnp.maximum(sums.count, 1.0), sums
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, outputs.shape[-1]), model.label_smoothing)
+    objective = optax.softmax_cross_entropy(outputs, targets)
+  correct = (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
+  count = jnp.sum(mask)
+  sums = {'loss': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask), 'count': count}
+  return jnp.sum(objective * mask) / jnp.maximum(count, 1.0), sums
 
 
 def train_step(model: Model, state: TrainState, images, labels, mask) -> tuple[TrainState, Sums]:
@@ -87,17 +82,41 @@ def train_step(model: Model, state: TrainState, images, labels, mask) -> tuple[T
   if model.augment is not None:
     step_key, augment_key = jax.random.split(step_key)
     images = model.augment(images, augment_key)
-  dropout_key = None if _off(model.dropout_rate) else step_key
+  rates_off = all(_off(rate) for rate in model.network_rates.values())
   grads, sums = jax.grad(loss_and_sums, has_aux=True)(
-    state.params, model, images, labels, mask, dropout_key
+    state.params, model, images, labels, mask, None if rates_off else step_key
   )
   updates, opt_state = model.optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), sums
+  state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  # Per-step values, averaged over the epoch: adding a metric is one line here.
+  sums['steps'] = jnp.ones((), jnp.float32)
+  sums['grad_norm'] = optax.tree.norm(grads)
+  sums['param_norm'] = optax.tree.norm(params)
+  sums['learning_rate'] = model.learning_rate(opt_state, state.step)
+  return state, sums
 
 
 def add_sums(a: Sums, b: Sums) -> Sums:
-  return Sums(*(x + y for x, y in zip(a, b, strict=True)))
+  return jax.tree.map(jnp.add, a, b)
+
+
+def summarize(sums: Sums, prefix: str = '') -> dict[str, float]:
+  """Means from sums on the host: loss and accuracy per example, the rest per step.
+
+  Arrays with a leading trial axis (a sweep's) give a list of dicts, one per trial.
+  """
+  host = jax.tree.map(lambda x: jax.device_get(x).astype('float64'), sums)
+  if host['count'].ndim:
+    return [
+      summarize({k: v[i] for k, v in host.items()}, prefix) for i in range(len(host['count']))
+    ]
+  means = {
+    f'{prefix}loss': float(host['loss'] / host['count']),
+    f'{prefix}accuracy': float(host['correct'] / host['count']),
+  }
+  per_step = set(host) - {'loss', 'correct', 'count', 'steps'}
+  return means | {name: float(host[name] / host['steps']) for name in sorted(per_step)}
 
 
 def _scan_train_steps(model: Model, state, xs, batch_of):
@@ -108,7 +127,11 @@ def _scan_train_steps(model: Model, state, xs, batch_of):
     state, sums = train_step(model, state, *batch_of(x))
     return (state, add_sums(total, sums)), None
 
-  (state, total), _ = jax.lax.scan(body, (state, zero_sums()), xs, unroll=SCAN_UNROLL)
+  first = jax.tree.map(lambda x: x[0], xs)
+  zeros = jax.tree.map(
+    jnp.zeros_like, jax.eval_shape(train_step, model, state, *batch_of(first))[1]
+  )
+  (state, total), _ = jax.lax.scan(body, (state, zeros), xs, unroll=SCAN_UNROLL)
   return state, total
 
 
@@ -120,7 +143,7 @@ def train_on_indices(model: Model, state, images, labels, indices, mask):
 
 
 def train_on_batches(model: Model, state, images, labels, mask):
-  """Steps over batches stacked on the host: images (steps, batch, 28, 28, 1)."""
+  """Steps over batches stacked on the host: images (steps, batch, H, W, C)."""
   return _scan_train_steps(model, state, (images, labels, mask), lambda batch: batch)
 
 
@@ -131,11 +154,11 @@ def evaluate(model: Model, params, images, labels, mask) -> Sums:
     _, sums = loss_and_sums(params, model, *batch)
     return add_sums(total, sums), None
 
-  total, _ = jax.lax.scan(body, zero_sums(), (images, labels, mask))
+  zeros = {name: jnp.zeros((), jnp.float32) for name in ('loss', 'correct', 'count')}
+  total, _ = jax.lax.scan(body, zeros, (images, labels, mask))
   return total
 
 
 def probabilities(model: Model, params, images) -> jax.Array:
-  """Softmax class probabilities (batch, 10) for uint8 images (batch, 28, 28, 1)."""
-  network = nnx.merge(model.graphdef, params)
-  return jax.nn.softmax(network(images.astype(jnp.float32) / 255.0))
+  """Softmax class probabilities (batch, classes) for uint8 images (batch, H, W, C)."""
+  return jax.nn.softmax(logits(model, params, images))

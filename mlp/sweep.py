@@ -4,46 +4,37 @@
 
 A sweep config is a training config (the base) with a `sweep` section: `grid` maps fields to
 values tried in every combination; `random` maps fields to distributions, `num_random` draws of
-which are each combined with every grid point. Trials that differ only in TRACED_FIELDS train
-together, up to `max_parallel` at a time: one compiled program, jax.vmap over their parameters
-and optimizer states, the same batches for all.
+which are each combined with every grid point; both nest as the config does
+({'optim': {'learning_rate': ...}}). Trials that differ only in Role.TRACED fields
+(mlp/fields.py) train together, up to `max_parallel` at a time: one compiled program, jax.vmap
+over their parameters and optimizer states, the same batches for all.
 
-Trials train without checkpoints or pictures, all on the split of the base's data_seed, and
-are ranked by final validation accuracy; test accuracy is recorded, never used to select. The
+Trials train without checkpoints or pictures, all on the split of the base's data.seed, with
+the training loop's epochs (mesh, placement and steps_per_call as in a normal run), and are
+ranked by final validation accuracy; test accuracy is recorded, never used to select. The
 workdir gets sweep.jsonl (a record per finished trial; a re-run skips those), sweep.md (the
 table, best first) and best_config.py (the winner as a config file, ready to train).
 """
 
 import collections
-import functools
 import hashlib
 import itertools
 import json
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 import input_pipeline
-from configs import default
-from mlp import build, configuration, steps
+from mlp import build, configuration, devices, steps, train
 from mlp.errors import UserError
+from mlp.fields import Role
 
 RESULTS_FILE = 'sweep.jsonl'
 TABLE_FILE = 'sweep.md'
 BEST_CONFIG_FILE = 'best_config.py'
-# Values inside the compiled program (parameters, optimizer state, the model's rates): trials
-# that differ only in these train together.
-TRACED_FIELDS = ('learning_rate', 'seed', 'weight_decay', 'dropout_rate', 'label_smoothing')
-RATE_FIELDS = ('dropout_rate', 'label_smoothing')  # The traced leaves of steps.Model.
-# The split: every trial is scored on the same validation examples.
-DATA_FIELDS = ('dataset', 'data_dir', 'validation_fraction', 'data_seed')
-# Fields that change neither a trial's results nor its identity.
-EXECUTION_FIELDS = configuration.RESUMABLE_FIELDS - {'num_epochs'}
 DISTRIBUTIONS = ('choice', 'uniform', 'log_uniform')
 
 
@@ -84,114 +75,68 @@ def _draw(rng: np.random.Generator, field: str, spec):
   return float(f'{value:.4g}')
 
 
-def make_config(values: dict) -> ml_collections.ConfigDict:
-  """A locked training config: the defaults updated with values."""
-  config = default.get_config()
-  try:
-    config.update(values)
-  except (TypeError, ValueError) as error:
-    raise UserError(f'Invalid sweep value: {error}') from None
+def make_config(
+  base: ml_collections.ConfigDict, overrides: dict[str, object]
+) -> ml_collections.ConfigDict:
+  """A copy of base with overrides by dotted path ('optim.learning_rate': 3e-3)."""
+  config = base.copy_and_resolve_references()
+  for path, value in overrides.items():
+    configuration.assign(config, path, value)
   config.lock()
   return config
 
 
 def trial_id(config: ml_collections.ConfigDict) -> str:
   """A short hash of the fields that decide a trial's results: its key in sweep.jsonl."""
-  values = {key: config[key] for key in config if key not in EXECUTION_FIELDS}
+  paths = configuration.with_role(config, Role.RESULT, Role.TRACED, Role.SPLIT, Role.LENGTH)
+  values = {path: configuration.get(config, path) for path in paths}
   return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def program_key(config: ml_collections.ConfigDict) -> str:
   """Trials with equal keys differ only in traced values, so they share a compiled program."""
-  values = {key: config[key] for key in config if key not in TRACED_FIELDS}
-  values['adamw'] = config.weight_decay > 0  # AdamW's state has one more hyperparameter.
+  paths = configuration.with_role(config, Role.RESULT, Role.SPLIT, Role.LENGTH, Role.EXECUTION)
+  values = {path: configuration.get(config, path) for path in paths}
+  values['adamw'] = config.optim.weight_decay > 0  # AdamW's state has one more hyperparameter.
   return json.dumps(values, sort_keys=True)
 
 
-def init_trials(
-  configs: list[ml_collections.ConfigDict], steps_per_epoch: int
-) -> tuple[steps.Model, dict, steps.TrainState]:
-  """The model the trials share, their differing rates (trial, ) and their stacked states."""
-  built = [build.build_model(config, steps_per_epoch) for config in configs]
-  rates = {
-    field: jnp.array([config[field] for config in configs], jnp.float32)
-    for field in RATE_FIELDS
-    if len({config[field] for config in configs}) > 1
-  }
-  states = [
-    build.init_state(c, *model_params) for c, model_params in zip(configs, built, strict=True)
-  ]
-  return built[0][0], rates, jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-
-
-def trial_programs(model: steps.Model, num_trials: int):
-  """steps.train_on_indices and steps.evaluate, jitted over a leading axis of trials.
-
-  train(rates, states, images, labels, indices, mask) and evaluate(params, images, labels,
-  mask) map axis 0 of rates, states and params (jax.vmap); the data and the batch order are
-  shared. A lone trial runs without vmap: XLA's batched matmuls are slower than plain ones.
-  """
-
-  def train(rates, state, images, labels, indices, mask):
-    return steps.train_on_indices(model.replace(**rates), state, images, labels, indices, mask)
-
-  evaluate = functools.partial(steps.evaluate, model)
-  if num_trials == 1:
-    train, evaluate = _squeezed(train, 2), _squeezed(evaluate, 1)
-  else:
-    train = jax.vmap(train, in_axes=(0, 0, None, None, None, None))
-    evaluate = jax.vmap(evaluate, in_axes=(0, None, None, None))
-  return jax.jit(train, donate_argnums=1), jax.jit(evaluate)
-
-
-def _squeezed(fn, num_mapped: int):
-  """fn on a trial axis of size 1 of its first num_mapped arguments and of its outputs."""
-
-  def run(*args):
-    args = [*jax.tree.map(lambda x: x[0], args[:num_mapped]), *args[num_mapped:]]
-    return jax.tree.map(lambda x: x[None], fn(*args))
-
-  return run
-
-
-def _metrics(sums: steps.Sums, prefix: str) -> list[dict]:
-  """Per-trial mean loss and accuracy from sums of shape (trials,)."""
-  loss, correct, count = (np.asarray(x, np.float64) for x in jax.device_get(sums))
-  return [
-    {f'{prefix}loss': float(total / n), f'{prefix}accuracy': float(right / n)}
-    for total, right, n in zip(loss, correct, count, strict=True)
-  ]
-
-
 def train_trials(configs: list[ml_collections.ConfigDict], splits: input_pipeline.Splits):
-  """Trains trials that share a program key, all at once; returns their metrics in order."""
+  """Trains trials that share a program key at once, with the training loop's own epoch
+
+  (mesh, placement, steps_per_call as in a normal run); returns their metrics in order.
+  """
   config = configs[0]
   start = time.perf_counter()
-  steps_per_epoch = -(-len(splits.train) // config.batch_size)
-  model, rates, states = init_trials(configs, steps_per_epoch)
-  train, evaluate = trial_programs(model, len(configs))
-  images, labels = jax.device_put((splits.train.images, splits.train.labels))
+  steps_per_epoch = -(-len(splits.train) // config.optim.batch_size)
+  mesh = devices.make_mesh()
+  model, rates, state = build.init_trials(configs, splits.info, steps_per_epoch)
+  programs = train.compile_programs(model, mesh, rates)
+  state = devices.replicate(state, mesh)
+  data = train.place_train_data(config, splits.train, mesh)
   validation, test = (
-    jax.device_put(input_pipeline.padded_batches(split, config.eval_batch_size))
+    train.place_eval_data(split, config.run.eval_batch_size, mesh)
     for split in (splits.validation, splits.test)
   )
+
+  def per_trial(sums, prefix: str) -> list[dict]:
+    metrics = steps.summarize(sums, prefix)
+    return metrics if rates is not None else [metrics]
+
   val_accuracies = []
-  for epoch in range(1, config.num_epochs + 1):
-    indices, mask = input_pipeline.epoch_order(
-      len(splits.train), config.batch_size, config.data_seed, epoch
-    )
-    states, train_sums = train(rates, states, images, labels, indices, mask)
-    val = _metrics(evaluate(states.params, *validation), 'val_')
+  for epoch in range(1, config.optim.num_epochs + 1):
+    state, train_sums = train.run_epoch(config, programs, state, data, epoch)
+    val = per_trial(programs.evaluate(state.params, *validation), 'val_')
     val_accuracies.append([m['val_accuracy'] for m in val])
     logging.info(
       '%d trials, epoch %d/%d, %.1fs: best val_accuracy %.4f',
       len(configs),
       epoch,
-      config.num_epochs,
+      config.optim.num_epochs,
       time.perf_counter() - start,
       np.nanmax(val_accuracies[-1]),
     )
-  test_metrics = _metrics(evaluate(states.params, *test), 'test_')
+  test_metrics = per_trial(programs.evaluate(state.params, *test), 'test_')
   seconds = time.perf_counter() - start
   return [
     {
@@ -203,7 +148,7 @@ def train_trials(configs: list[ml_collections.ConfigDict], splits: input_pipelin
       'trials_in_program': len(configs),
     }
     for i, (train_m, val_m, test_m) in enumerate(
-      zip(_metrics(train_sums, 'train_'), val, test_metrics, strict=True)
+      zip(per_trial(train_sums, 'train_'), val, test_metrics, strict=True)
     )
   ]
 
@@ -264,20 +209,22 @@ Written by python main.py --mode=sweep; train it with:
 
 import ml_collections
 
-from configs import default
+from mlp import configuration
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = default.get_config()
+  config = configuration.defaults()
 {assignments}  return config
 '''
 
 
 def write_config(config: ml_collections.ConfigDict, record: dict, path: Path) -> None:
-  """The config as a file that overrides configs/default.py, with its sweep result."""
-  defaults = default.get_config()
+  """The trial's config as a file that overrides the defaults, with its sweep result."""
+  defaults = configuration.defaults()
   assignments = ''.join(
-    f'  config.{key} = {config[key]!r}\n' for key in config if config[key] != defaults[key]
+    f'  config.{key} = {configuration.get(config, key)!r}\n'
+    for key in configuration.in_use(config)
+    if configuration.get(config, key) != configuration.get(defaults, key)
   )
   path.write_text(
     CONFIG_TEMPLATE.format(**record, workdir=path.parent, path=path, assignments=assignments)
@@ -298,12 +245,23 @@ def _write_records(path: Path, records: dict[str, dict]) -> None:
   partial.replace(path)
 
 
-def _check(search: dict, base: ml_collections.ConfigDict) -> None:
-  for field in (*search['grid'], *search['random']):
-    if field not in base:
-      raise UserError(f'The sweep searches {field!r}, which is not a config field.')
-    if field in DATA_FIELDS:
-      raise UserError(f'The sweep cannot search {field!r}: all trials must share one split.')
+def _flatten(space: dict, prefix: str = '') -> dict:
+  """{'optim': {'learning_rate': spec}} -> {'optim.learning_rate': spec}."""
+  flat = {}
+  for key, value in space.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def _check(search: dict) -> None:
+  for path in (*search['grid'], *search['random']):
+    if path not in configuration.SCHEMA:
+      raise UserError(f'The sweep searches {path!r}, which is not a config field.')
+    if configuration.SCHEMA[path].role is Role.SPLIT:
+      raise UserError(f'The sweep cannot search {path!r}: all trials must share one split.')
   if search['random'] and search['num_random'] < 1:
     raise UserError('sweep.random needs sweep.num_random >= 1.')
   if search['max_parallel'] < 1:
@@ -327,13 +285,12 @@ def run(config: ml_collections.ConfigDict | None, workdir: str | Path | None = N
   """Trains the sweep's trials not yet in workdir, writes the results; returns the best record."""
   if config is None or 'sweep' not in config:
     raise UserError('--mode=sweep needs a config with a sweep section: --config=configs/sweep.py.')
-  values = config.to_dict()
-  search = values.pop('sweep')
-  base = make_config(values)
-  _check(search, base)
+  search = config.sweep.to_dict()
+  search.update(grid=_flatten(search['grid']), random=_flatten(search['random']))
+  _check(search)
   trials = {}
   for overrides in expand(search):
-    trial = make_config({**values, **overrides})
+    trial = make_config(config, overrides)
     configuration.validate(trial)
     trials.setdefault(trial_id(trial), (trial, overrides))
 
@@ -349,7 +306,7 @@ def run(config: ml_collections.ConfigDict | None, workdir: str | Path | None = N
     len(trials) - sum(map(len, batches)),
     len(batches),
   )
-  splits = input_pipeline.load_splits(base) if batches else None
+  splits = input_pipeline.load_splits(config) if batches else None
   for number, keys in enumerate(batches, 1):
     logging.info('Program %d/%d: %d trials.', number, len(batches), len(keys))
     metrics = train_trials([trials[key][0] for key in keys], splits)
@@ -369,29 +326,3 @@ def run(config: ml_collections.ConfigDict | None, workdir: str | Path | None = N
     workdir / BEST_CONFIG_FILE,
   )
   return best
-
-
-def throughput(
-  config: ml_collections.ConfigDict, num_models: int, num_steps: int = 100, repeats: int = 5
-) -> float:
-  """Steady-state model-examples/s of num_models trials of config trained at once.
-
-  The trials differ in seed; they train on num_steps shared batches of random images in one
-  call, in the sweep's program (vmapped for several, plain steps.train_on_indices for one).
-  The median of `repeats` timed calls; the first, compiling, call is not timed.
-  """
-  rng = np.random.default_rng(0)
-  num_examples = num_steps * config.batch_size
-  images = jnp.asarray(rng.integers(0, 256, (num_examples, 28, 28, 1), np.uint8))
-  labels = jnp.asarray(rng.integers(0, 10, num_examples, np.int32))
-  indices, mask = input_pipeline.epoch_order(num_examples, config.batch_size, 0, 0)
-  configs = [make_config({**config.to_dict(), 'seed': seed}) for seed in range(num_models)]
-  model, rates, states = init_trials(configs, num_steps)
-  train = functools.partial(trial_programs(model, num_models)[0], rates)
-  seconds = []
-  for _ in range(repeats + 1):
-    start = time.perf_counter()
-    states, sums = train(states, images, labels, indices, mask)
-    jax.block_until_ready(sums)
-    seconds.append(time.perf_counter() - start)
-  return num_models * num_examples / float(np.median(seconds[1:]))

@@ -15,9 +15,8 @@ from absl import logging
 import input_pipeline
 from mlp import build, checkpoint, configuration, devices, reporting, steps
 from mlp.errors import UserError
-from mlp.steps import Sums, TrainState
+from mlp.steps import TrainState
 
-METRICS_FILE = 'metrics.jsonl'
 PROGRESS_SECONDS = 5.0
 
 
@@ -32,14 +31,35 @@ class Programs:
   probabilities: Callable
 
 
-def compile_programs(model: steps.Model, mesh) -> Programs:
+def compile_programs(model: steps.Model, mesh, trial_rates: dict | None = None) -> Programs:
+  """The programs of one model, or of several trials trained at once.
+
+  trial_rates maps steps.Model fields (network_rates, label_smoothing) to values with a leading
+  trial axis: then the train state and parameters carry that axis too (jax.vmap), while the
+  data and the batch order are shared.
+  """
   replicated = devices.replicated(mesh)
   train_kwargs = dict(donate_argnums=0, out_shardings=(replicated, replicated))
+  functions = [steps.train_on_indices, steps.train_on_batches, steps.evaluate]
+  if trial_rates is None:
+    functions = [functools.partial(f, model) for f in functions]
+  else:
+
+    def over_trials(function):
+      def run(state, *data):
+        return jax.vmap(lambda rates, s: function(model.replace(**rates), s, *data))(
+          trial_rates, state
+        )
+
+      return run
+
+    functions = [over_trials(f) for f in functions]
+  train_on_indices, train_on_batches, evaluate = functions
   return Programs(
     mesh=mesh,
-    train_on_indices=jax.jit(functools.partial(steps.train_on_indices, model), **train_kwargs),
-    train_on_batches=jax.jit(functools.partial(steps.train_on_batches, model), **train_kwargs),
-    evaluate=jax.jit(functools.partial(steps.evaluate, model), out_shardings=replicated),
+    train_on_indices=jax.jit(train_on_indices, **train_kwargs),
+    train_on_batches=jax.jit(train_on_batches, **train_kwargs),
+    evaluate=jax.jit(evaluate, out_shardings=replicated),
     probabilities=jax.jit(
       lambda params, images: jax.lax.map(
         functools.partial(steps.probabilities, model, params), images
@@ -59,7 +79,7 @@ class TrainData:
 
 def place_train_data(config, split: input_pipeline.Split, mesh) -> TrainData:
   on_device = None
-  if config.placement == 'device':
+  if config.run.placement == 'device':
     replicated = devices.replicated(mesh)
     on_device = (devices.put(split.images, replicated), devices.put(split.labels, replicated))
   return TrainData(split, on_device)
@@ -71,22 +91,22 @@ def place_eval_data(split: input_pipeline.Split, batch_size: int, mesh) -> tuple
 
 
 def run_epoch(config, programs: Programs, state: TrainState, data: TrainData, epoch: int):
-  """Trains one epoch in calls of config.steps_per_call steps; returns state and metric sums.
+  """Trains one epoch in calls of run.steps_per_call steps; returns state and metric sums.
 
   The device is never waited on, except every PROGRESS_SECONDS to log how far a long epoch
   has got (one call behind the newest dispatched one).
   """
   indices, mask = input_pipeline.epoch_order(
-    len(data.split), config.batch_size, config.data_seed, epoch
+    len(data.split), config.optim.batch_size, config.data.seed, epoch
   )
   num_steps = indices.shape[0]
-  chunk = config.steps_per_call or num_steps
+  chunk = config.run.steps_per_call or num_steps
   sharding = devices.batch_sharded(programs.mesh, 1)
   total = None
   last_report = time.perf_counter()
   for start in range(0, num_steps, chunk):
     rows = slice(start, start + chunk)
-    if config.placement == 'device':
+    if data.on_device is not None:
       batches = (indices[rows], mask[rows])
       train_on = programs.train_on_indices
       state, sums = train_on(state, *data.on_device, *(devices.put(x, sharding) for x in batches))
@@ -99,11 +119,6 @@ def run_epoch(config, programs: Programs, state: TrainState, data: TrainData, ep
       last_report = time.perf_counter()
     total = sums if total is None else steps.add_sums(total, sums)
   return state, total
-
-
-def summarize(sums: Sums, prefix: str = '') -> dict[str, float]:
-  loss, correct, count = (float(x) for x in jax.device_get(sums))
-  return {f'{prefix}loss': loss / count, f'{prefix}accuracy': correct / count}
 
 
 def default_workdir(config_name: str) -> Path:
@@ -126,36 +141,11 @@ def _prepare_workdir(config, workdir: Path) -> None:
 
 def _read_records(workdir: Path, last_epoch: int) -> list[dict]:
   """The epoch records up to the checkpoint resumed from; later ones are rewritten."""
-  path = workdir / METRICS_FILE
+  path = workdir / reporting.METRICS_FILE
   if not path.exists():
     return []
   records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
   return [r for r in records if r.get('epoch', last_epoch + 1) <= last_epoch]
-
-
-def _write_records(workdir: Path, records: list[dict]) -> None:
-  if not devices.is_main_process():
-    return
-  partial = workdir / f'{METRICS_FILE}.tmp'
-  partial.write_text(''.join(json.dumps(r) + '\n' for r in records))
-  partial.replace(workdir / METRICS_FILE)
-
-
-def _log_epoch(record: dict, num_epochs: int, steps_per_epoch: int, eta_seconds: float) -> None:
-  logging.info(
-    'Epoch %d/%d - %d steps - %.2fs - %.1fms/step - loss: %.4f - accuracy: %.4f'
-    ' - val_loss: %.4f - val_accuracy: %.4f - ETA %.0fs',
-    record['epoch'],
-    num_epochs,
-    steps_per_epoch,
-    record['epoch_seconds'],
-    1000 * record['epoch_seconds'] / steps_per_epoch,
-    record['train_loss'],
-    record['train_accuracy'],
-    record['val_loss'],
-    record['val_accuracy'],
-    eta_seconds,
-  )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -164,107 +154,105 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   Returns the per-epoch records and the final test metrics, as written to metrics.jsonl.
   """
   configuration.validate(config)
-  devices.check_batch_size(config.batch_size)
-  devices.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+  devices.check_batch_size(config.optim.batch_size, 'optim.batch_size')
+  devices.check_batch_size(config.run.eval_batch_size, 'run.eval_batch_size')
   workdir = Path(workdir)
   _prepare_workdir(config, workdir)
 
   splits = input_pipeline.load_splits(config)
+  if devices.is_main_process():
+    splits.info.save(workdir)
   logging.info(
-    'Data: %d train, %d validation, %d test examples.',
+    'Data: %s, %d train, %d validation, %d test examples of shape %s, %d classes.',
+    splits.name,
     len(splits.train),
     len(splits.validation),
     len(splits.test),
+    splits.info.image_shape,
+    splits.info.num_classes,
   )
-  steps_per_epoch = -(-len(splits.train) // config.batch_size)
+  num_epochs = config.optim.num_epochs
+  steps_per_epoch = -(-len(splits.train) // config.optim.batch_size)
   mesh = devices.make_mesh()
-  model, params = build.build_model(config, steps_per_epoch)
+  model, params = build.build_model(config, splits.info, steps_per_epoch)
   programs = compile_programs(model, mesh)
   train_state = devices.replicate(build.init_state(config, model, params), mesh)
   manager, restored, done_epochs = checkpoint.restore_latest(
-    workdir, checkpoint.abstract(train_state), config.keep_checkpoints
+    workdir, checkpoint.abstract(train_state), config.run.keep_checkpoints
   )
   if restored is not None:
     train_state = restored
-  if done_epochs >= config.num_epochs:
+  if done_epochs >= num_epochs:
     logging.info('%s is complete (%d epochs); evaluating its checkpoint.', workdir, done_epochs)
 
   train_data = place_train_data(config, splits.train, mesh)
-  validation = place_eval_data(splits.validation, config.eval_batch_size, mesh)
-
-  records = _read_records(workdir, done_epochs)
-  _write_records(workdir, records)
+  validation = place_eval_data(splits.validation, config.run.eval_batch_size, mesh)
   is_writer = devices.is_main_process()
   if is_writer:
     reporting.preload_matplotlib()
-  summaries = reporting.Summaries(workdir, config, enabled=is_writer)
+  metrics = reporting.Metrics(
+    workdir, configuration.to_dict(config), _read_records(workdir, done_epochs), is_writer
+  )
   try:
     epoch_seconds = []
-    for epoch in range(done_epochs + 1, config.num_epochs + 1):
+    for epoch in range(done_epochs + 1, num_epochs + 1):
       start = time.perf_counter()
       train_state, train_sums = run_epoch(config, programs, train_state, train_data, epoch)
       val_sums = programs.evaluate(train_state.params, *validation)
-      record = {'epoch': epoch, **summarize(train_sums, 'train_'), **summarize(val_sums, 'val_')}
+      record = {'epoch': epoch, **steps.summarize(train_sums, 'train_')}
+      record.update(steps.summarize(val_sums, 'val_'))
       if not np.isfinite(record['train_loss']):
         raise UserError(
           f'The training loss became {record["train_loss"]} in epoch {epoch}; stopped without '
-          'writing a checkpoint. Lower learning_rate or resume from the last checkpoint.'
+          'writing a checkpoint. Lower optim.learning_rate in a new --workdir.'
         )
       epoch_seconds.append(time.perf_counter() - start)
       record.update(
         epoch_seconds=epoch_seconds[-1], examples_per_sec=len(splits.train) / epoch_seconds[-1]
       )
-      eta = float(np.median(epoch_seconds)) * (config.num_epochs - epoch)
-      _log_epoch(record, config.num_epochs, steps_per_epoch, eta)
-      records.append(record)
-      _write_records(workdir, records)
-      summaries.write_epoch(record)
-      every = config.checkpoint_every_epochs
-      if every and (epoch % every == 0 or epoch == config.num_epochs):
+      eta = float(np.median(epoch_seconds)) * (num_epochs - epoch)
+      metrics.write(epoch, record, f'Epoch {epoch}/{num_epochs}', f'ETA {eta:.0f}s')
+      every = config.run.checkpoint_every_epochs
+      if every and (epoch % every == 0 or epoch == num_epochs):
         checkpoint.save(manager, train_state, epoch)
 
-    test_images, test_labels, test_mask = place_eval_data(splits.test, config.eval_batch_size, mesh)
-    test_sums = programs.evaluate(train_state.params, test_images, test_labels, test_mask)
-    test_metrics = summarize(test_sums, 'test_')
-    logging.info(
-      'Test loss: %.4f - Test accuracy: %.4f',
-      test_metrics['test_loss'],
-      test_metrics['test_accuracy'],
+    test_images, test_labels, test_mask = place_eval_data(
+      splits.test, config.run.eval_batch_size, mesh
     )
-    _write_records(workdir, [*records, test_metrics])
-    summaries.write_test(test_metrics, epoch=config.num_epochs)
-    summaries.close()
+    test_sums = programs.evaluate(train_state.params, test_images, test_labels, test_mask)
+    epochs = [r for r in metrics.records if 'epoch' in r]
+    test_metrics = steps.summarize(test_sums, 'test_')
+    metrics.write(num_epochs, test_metrics, 'Test')
+    metrics.write_hparams(num_epochs, ['val_loss', 'val_accuracy', *test_metrics])
+    metrics.close()
     # Every process runs this program (it spans all devices); only process 0 draws.
     probabilities = np.asarray(programs.probabilities(train_state.params, test_images))
     if is_writer:
       reporting.save_pictures(
         workdir,
-        records,
+        epochs,
         splits.test.images,
         splits.test.labels,
         probabilities.reshape(-1, probabilities.shape[-1])[: len(splits.test)],
+        splits.info.class_names,
       )
   finally:
     manager.wait_until_finished()  # Also when stopping early: the last save completes.
     manager.close()
-  return {'epochs': records, **test_metrics}
+  return {'epochs': epochs, **test_metrics}
 
 
 def evaluate_checkpoint(workdir: str | Path) -> dict[str, float]:
   """Validation and test metrics of the latest checkpoint in workdir (--mode=eval)."""
-  config, model, params = checkpoint.restore_for_inference(Path(workdir))
+  config, info, model, params = checkpoint.restore_for_inference(Path(workdir))
   mesh = devices.make_mesh()
   evaluate = compile_programs(model, mesh).evaluate
   splits = input_pipeline.load_splits(config)
+  if splits.info != info:
+    raise UserError(f'The data of {config.data.name} changed since {workdir} was trained.')
   metrics = {}
   for name, split in (('val_', splits.validation), ('test_', splits.test)):
-    sums = evaluate(params, *place_eval_data(split, config.eval_batch_size, mesh))
-    metrics.update(summarize(sums, name))
-  logging.info(
-    'val_loss: %.4f - val_accuracy: %.4f - Test loss: %.4f - Test accuracy: %.4f',
-    metrics['val_loss'],
-    metrics['val_accuracy'],
-    metrics['test_loss'],
-    metrics['test_accuracy'],
-  )
+    sums = evaluate(params, *place_eval_data(split, config.run.eval_batch_size, mesh))
+    metrics.update(steps.summarize(sums, name))
+  logging.info('%s', reporting.format_line('Checkpoint', metrics))
   return metrics

@@ -1,56 +1,71 @@
-"""Shared test setup: tiny configs, mocked MNIST and where the real one is."""
+"""Shared test setup: tiny configs, mocked tfds datasets and where the real MNIST is."""
 
 import os
 from pathlib import Path
 
 import pytest
 
-from configs import default
+from input_pipeline import DatasetInfo
+from mlp import configuration
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real MNIST as CI and developers have it beside the checkout (see README); TFDS_DATA_DIR,
 # where set, points the real-data tests at another copy.
 SHARED = ROOT.parent / 'shared'
-TFRECORD_DIR = SHARED / 'tensorflow_datasets'
+TFRECORD_DIR = Path(os.environ.get('TFDS_DATA_DIR') or SHARED / 'tensorflow_datasets')
 ARRAY_RECORD_DIR = SHARED / 'tensorflow_datasets_array_record'
+MNIST_INFO = DatasetInfo('mnist', (28, 28, 1), tuple('0123456789'))
 
 
-def tiny_config(tmp_path: Path, **overrides):
-  """The default config shrunk to seconds: small model, small batches, one epoch, no caches."""
-  config = default.get_config()
-  config.unlock()
-  config.update(
-    hidden_sizes=(16,),
-    batch_size=10,
-    eval_batch_size=7,  # Divides neither split: padding and masking are exercised.
-    num_epochs=1,
-    data_dir=str(tmp_path / 'tfds'),
-    cache_dir=str(tmp_path / 'cache'),
-    compilation_cache=False,
+def pytest_configure(config):
+  config.addinivalue_line(
+    'markers', 'slow: real data, subprocesses or a browser; deselect with -m "not slow"'
   )
-  config.update(overrides)
-  config.lock()
+
+
+def tiny_config(tmp_path: Path, overrides: dict | None = None):
+  """The default config shrunk to seconds: small model, small batches, one epoch, no caches.
+
+  overrides maps dotted paths to values: {'optim.num_epochs': 2}.
+  """
+  config = configuration.defaults()
+  values = {
+    'mlp.hidden_sizes': (16,),
+    'optim.batch_size': 10,
+    'run.eval_batch_size': 7,  # Divides neither split: padding and masking are exercised.
+    'optim.num_epochs': 1,
+    'data.dir': str(tmp_path / 'tfds'),
+    'run.cache_dir': str(tmp_path / 'cache'),
+    'run.compilation_cache': False,
+    **(overrides or {}),
+  }
+  for path, value in values.items():
+    configuration.assign(config, path, value)
   return config
 
 
+def prepare_mock(data_dir: Path, name: str) -> None:
+  """Writes tfds metadata of a dataset (from tfds code, no download): it reads as prepared."""
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder(name, data_dir=str(data_dir))
+  prepared = data_dir / name / str(builder.info.version)
+  prepared.mkdir(parents=True, exist_ok=True)
+  builder.info.write_to_directory(str(prepared))
+
+
 @pytest.fixture
-def mock_mnist(monkeypatch, tmp_path):
-  """tfds.testing.mock_data serving random MNIST-shaped examples; no network.
+def mock_dataset(monkeypatch, tmp_path):
+  """Calls with a tfds name serve random examples of that dataset's shapes; no network.
 
-  tiny_config's data_dir gets the real dataset's metadata, so it reads as prepared and nothing
-  tries to download. The mock is active only while a split loads: it also redirects etils
-  paths, which orbax uses, so checkpoints written under it would land elsewhere.
+  tiny_config's data_dir gets the dataset's metadata, so it reads as prepared and nothing tries
+  to download. The mock is active only while a split loads: it also redirects etils paths,
+  which orbax uses, so checkpoints written under it would land elsewhere.
   """
-  import shutil
-
   import tensorflow_datasets as tfds
 
   import input_pipeline
 
-  prepared = tmp_path / 'tfds' / 'mnist' / '3.0.1'
-  prepared.mkdir(parents=True)
-  for name in ('dataset_info.json', 'features.json'):
-    shutil.copy(ARRAY_RECORD_DIR / 'mnist' / '3.0.1' / name, prepared)
   load_split = input_pipeline.load_split
 
   def mocked(*args, **kwargs):
@@ -58,6 +73,12 @@ def mock_mnist(monkeypatch, tmp_path):
       return load_split(*args, **kwargs)
 
   monkeypatch.setattr(input_pipeline, 'load_split', mocked)
+  return lambda name: prepare_mock(tmp_path / 'tfds', name)
+
+
+@pytest.fixture
+def mock_mnist(mock_dataset):
+  mock_dataset('mnist')
 
 
 @pytest.fixture(scope='session')
@@ -69,10 +90,10 @@ def real_cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope='session')
 def real_config(real_cache_dir):
   """The default config on the real MNIST that CI and developers have in ../shared."""
-  config = default.get_config()
-  config.data_dir = os.environ.get('TFDS_DATA_DIR') or str(TFRECORD_DIR)
-  config.cache_dir = str(real_cache_dir)
-  config.compilation_cache = False
+  config = configuration.defaults()
+  config.data.dir = str(TFRECORD_DIR)
+  config.run.cache_dir = str(real_cache_dir)
+  config.run.compilation_cache = False
   return config
 
 
@@ -90,4 +111,4 @@ def trained_mnist_workdir(tmp_path_factory, real_config) -> Path:
 def real_test_split(real_config):
   import input_pipeline
 
-  return input_pipeline.load_split('mnist', 'test', real_config.data_dir, real_config.cache_dir)
+  return input_pipeline.load_split('mnist', 'test', real_config.data.dir, real_config.run.cache_dir)

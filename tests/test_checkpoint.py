@@ -22,12 +22,12 @@ def cli_train(workdir, cache_dir, *overrides):
     str(ROOT / 'main.py'),
     '--config=' + str(ROOT / 'configs/default.py'),
     f'--workdir={workdir}',
-    f'--config.data_dir={ARRAY_RECORD_DIR}',
-    f'--config.cache_dir={cache_dir}',
-    '--config.compilation_cache=False',
-    '--config.hidden_sizes=32',
-    '--config.batch_size=50',
-    '--config.num_epochs=6',
+    f'--config.data.dir={ARRAY_RECORD_DIR}',
+    f'--config.run.cache_dir={cache_dir}',
+    '--config.run.compilation_cache=False',
+    '--config.mlp.hidden_sizes=32',
+    '--config.optim.batch_size=50',
+    '--config.optim.num_epochs=6',
     *overrides,
   ]
   return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -65,8 +65,8 @@ def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_pa
     ]
 
   assert numbers(tmp_path / 'killed') == numbers(tmp_path / 'straight')
-  _, _, resumed_params = checkpoint.restore_for_inference(tmp_path / 'killed')
-  _, _, straight_params = checkpoint.restore_for_inference(tmp_path / 'straight')
+  *_, resumed_params = checkpoint.restore_for_inference(tmp_path / 'killed')
+  *_, straight_params = checkpoint.restore_for_inference(tmp_path / 'straight')
   for a, b in zip(jax.tree.leaves(resumed_params), jax.tree.leaves(straight_params), strict=True):
     np.testing.assert_array_equal(a, b)
 
@@ -79,7 +79,7 @@ def damage(step_dir):
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, mock_mnist):
-  config = tiny_config(tmp_path, num_epochs=2)
+  config = tiny_config(tmp_path, {'optim.num_epochs': 2})
   straight = train.train_and_evaluate(config, tmp_path / 'straight')
   train.train_and_evaluate(config, tmp_path / 'run')
   latest = finished_checkpoints(tmp_path / 'run')[-1]
@@ -92,7 +92,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, mock
 
 
 def test_no_readable_checkpoint_is_a_one_line_error(tmp_path, mock_mnist):
-  config = tiny_config(tmp_path, num_epochs=1)
+  config = tiny_config(tmp_path, {'optim.num_epochs': 1})
   train.train_and_evaluate(config, tmp_path / 'run')
   (only,) = finished_checkpoints(tmp_path / 'run')
   damage(only)
@@ -112,6 +112,8 @@ def test_checkpoint_of_another_format_version_is_refused(tmp_path, mock_mnist):
 
 
 def test_predicting_without_a_checkpoint_says_how_to_train(tmp_path, mock_mnist):
-  train.train_and_evaluate(tiny_config(tmp_path, checkpoint_every_epochs=0), tmp_path / 'run')
+  train.train_and_evaluate(
+    tiny_config(tmp_path, {'run.checkpoint_every_epochs': 0}), tmp_path / 'run'
+  )
   with pytest.raises(UserError, match='train first'):
     checkpoint.restore_for_inference(tmp_path / 'run')

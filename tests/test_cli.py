@@ -23,12 +23,12 @@ def parse(*args):
 
 
 def test_overrides_reach_the_config():
-  config = parse('--config.batch_size=128', '--config.hidden_sizes=(500,500,500)')
-  assert config.batch_size == 128 and config.hidden_sizes == (500, 500, 500)
-  assert parse().batch_size == 100
+  config = parse('--config.optim.batch_size=128', '--config.mlp.hidden_sizes=(500,500,500)')
+  assert config.optim.batch_size == 128 and config.mlp.hidden_sizes == (500, 500, 500)
+  assert parse().optim.batch_size == 100
 
 
-@pytest.mark.parametrize('bad', ['--config.batch_sise=128', '--config.batch_size=many'])
+@pytest.mark.parametrize('bad', ['--config.optim.batch_sise=128', '--config.optim.batch_size=x'])
 def test_unknown_key_or_wrong_type_is_refused(bad):
   with pytest.raises((flags.IllegalFlagValueError, AttributeError)):
     parse(bad)
@@ -51,10 +51,15 @@ def error_lines(stderr: str) -> list[str]:
 @pytest.mark.parametrize(
   ('args', 'message'),
   [
-    (['--config.batch_sise=1'], 'batch_sise'),
-    (['--config.batch_size=0'], 'batch_size=0'),
-    (['--config.activation=nope'], 'activation'),
-    (['--config.data_dir=/nonexistent/tfds', '--config.cache_dir=/tmp/x'], '/nonexistent/tfds'),
+    (['--config.optim.batch_sise=1'], 'batch_sise'),
+    (['--config.batch_size=1'], 'now optim.batch_size'),
+    (['--config.dataset=kmnist'], 'now data.name'),
+    (['--config.optim.batch_size=0'], 'optim.batch_size=0'),
+    (['--config.mlp.activation=nope'], 'mlp.activation'),
+    (['--config.model=resnet'], 'one of mlp'),
+    (['--image=x.png'], '--image is a flag of --mode=predict'),
+    (['--mode=tune'], 'not a mode'),
+    (['--config.data.dir=/nonexistent/tfds', '--config.run.cache_dir=/tmp/x'], '/nonexistent/tfds'),
   ],
 )
 def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, args, message):
@@ -73,7 +78,7 @@ def test_eval_without_a_run_is_one_line(tmp_path):
 
 
 def test_benchmark_prints_one_well_formed_json_line(tmp_path, mock_mnist, capsys):
-  benchmark.run(tiny_config(tmp_path, benchmark_repeats=2))
+  benchmark.run(tiny_config(tmp_path, {'benchmark.repeats': 2}))
   last = capsys.readouterr().out.strip().splitlines()[-1]
   result = json.loads(last)
   for key in ('examples_per_sec', 'steps_per_sec', 'ms_per_step', 'compile_seconds', 'batch_size'):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import MNIST_INFO, ROOT, tiny_config
 
 from mlp import build, checkpoint, devices, steps, train
 from mlp.errors import UserError
@@ -36,7 +36,7 @@ def test_main_reports_a_batch_that_does_not_split_in_one_line(tmp_path):
       str(ROOT / 'main.py'),
       f'--config={ROOT / "configs" / "default.py"}',
       f'--workdir={tmp_path / "run"}',
-      '--config.compilation_cache=False',
+      '--config.run.compilation_cache=False',
     ],
     env=env,
     capture_output=True,
@@ -46,7 +46,7 @@ def test_main_reports_a_batch_that_does_not_split_in_one_line(tmp_path):
   assert result.returncode == 1 and 'Traceback' not in result.stderr
   (line,) = [line for line in result.stderr.splitlines() if line.startswith('E')]
   assert line.endswith(
-    '] batch_size=100 does not divide over 8 devices; use a multiple of 8, such as 96 or 104.'
+    '] optim.batch_size=100 does not divide over 8 devices; use a multiple of 8, such as 96 or 104.'
   )
   assert not (tmp_path / 'run').exists()
 
@@ -104,23 +104,21 @@ def test_replicate_places_arrays_and_keys_on_every_device():
 
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(tmp_path, mock_mnist):
-  config = tiny_config(tmp_path, compute_dtype='bfloat16')
-  model, params = build.build_model(config)
+  config = tiny_config(tmp_path, {'run.compute_dtype': 'bfloat16'})
+  model, params = build.build_model(config, MNIST_INFO)
   images, labels, mask = jnp.zeros((2, 28, 28, 1), jnp.uint8), jnp.zeros(2, jnp.int32), jnp.ones(2)
-  program = jax.make_jaxpr(steps.loss_and_sums, static_argnums=1)(
-    params, model, images, labels, mask
-  )
+  program = jax.make_jaxpr(lambda p: steps.loss_and_sums(p, model, images, labels, mask))(params)
   assert 'dot_general' in str(program) and 'bf16[2,16]' in str(program)
   result = train.train_and_evaluate(config, tmp_path / 'run')
   assert np.isfinite(result['epochs'][0]['train_loss']) and np.isfinite(result['test_loss'])
-  _, _, trained = checkpoint.restore_for_inference(tmp_path / 'run')
+  *_, trained = checkpoint.restore_for_inference(tmp_path / 'run')
   assert {leaf.dtype for leaf in jax.tree.leaves(trained)} == {jnp.dtype(jnp.float32)}
 
 
 def test_matmul_precision_reaches_the_compiled_programs(tmp_path):
   before = jax.config.jax_default_matmul_precision
   try:
-    devices.configure_runtime(tiny_config(tmp_path, matmul_precision='highest'))
+    devices.configure_runtime(tiny_config(tmp_path, {'run.matmul_precision': 'highest'}))
     x = jnp.ones((4, 4))
     assert 'precision = [HIGHEST, HIGHEST]' in jax.jit(jnp.dot).lower(x, x).as_text()
   finally:

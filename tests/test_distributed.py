@@ -40,12 +40,17 @@ def _worker(splits_file: str, workdir: str, result_file: str) -> None:
   devices.initialize_distributed()  # From JAX_COORDINATOR_ADDRESS etc., when the test sets them.
   with np.load(splits_file) as data:
     splits = input_pipeline.Splits(
-      *(input_pipeline.Split(data[f'{name}_images'], data[f'{name}_labels']) for name in 'tvs')
+      'mnist',
+      *(
+        input_pipeline.Split(data[f'{name}_images'], data[f'{name}_labels'], tuple('0123456789'))
+        for name in 'tvs'
+      ),
     )
   input_pipeline.load_splits = lambda *args, **kwargs: splits
   results = {'devices': jax.device_count(), 'processes': jax.process_count()}
   for placement in PLACEMENTS:
-    config = tiny_config(Path(workdir), batch_size=16, eval_batch_size=8, placement=placement)
+    sizes = {'optim.batch_size': 16, 'run.eval_batch_size': 8, 'run.placement': placement}
+    config = tiny_config(Path(workdir), sizes)
     results[placement] = train.train_and_evaluate(config, Path(workdir) / placement)
   Path(result_file).write_text(json.dumps(results))
 
@@ -117,8 +122,8 @@ def _assert_same_numbers(actual: dict, expected: dict) -> None:
 def _assert_same_params(workdir: Path, expected_workdir: Path) -> None:
   """The saved final parameters, read back on this test's single device."""
   for placement in PLACEMENTS:
-    _, _, params = checkpoint.restore_for_inference(workdir / placement)
-    _, _, expected = checkpoint.restore_for_inference(expected_workdir / placement)
+    *_, params = checkpoint.restore_for_inference(workdir / placement)
+    *_, expected = checkpoint.restore_for_inference(expected_workdir / placement)
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True):
       np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOLERANCE)
 

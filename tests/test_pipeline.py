@@ -10,7 +10,7 @@ from mlp.errors import UserError
 
 def synthetic(n: int) -> input_pipeline.Split:
   images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * np.ones((1, 28, 28, 1), np.uint8)
-  return input_pipeline.Split(images, np.arange(n, dtype=np.int32))
+  return input_pipeline.Split(images, np.arange(n, dtype=np.int32), tuple('0123456789'))
 
 
 def test_real_splits_have_the_notebook_sizes(real_config):
@@ -22,7 +22,7 @@ def test_real_splits_have_the_notebook_sizes(real_config):
 
 
 def test_array_record_without_tensorflow_matches_tfrecord(real_config, tmp_path):
-  from_tfrecord = input_pipeline.load_split('mnist', 'test', real_config.data_dir, tmp_path / 'a')
+  from_tfrecord = input_pipeline.load_split('mnist', 'test', real_config.data.dir, tmp_path / 'a')
   from_array_record = input_pipeline.load_split('mnist', 'test', str(ARRAY_RECORD_DIR), tmp_path)
   np.testing.assert_array_equal(from_tfrecord.images, from_array_record.images)
   np.testing.assert_array_equal(from_tfrecord.labels, from_array_record.labels)

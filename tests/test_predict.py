@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import MNIST_INFO, ROOT, tiny_config
 from PIL import Image
 from test_preprocess import seven
 
@@ -50,9 +50,9 @@ def test_cli_reads_photographed_digits_nearly_as_well_as_mnist(
   assert [Path(line['path']).name for line in lines] == [f'{i:05d}.jpg' for i in indices]
   labels = real_test_split.labels[indices]
   from_photos = np.mean([line['digit'] for line in lines] == labels)
-  _, model, params = checkpoint.restore_for_inference(trained_mnist_workdir)
+  _, info, model, params = checkpoint.restore_for_inference(trained_mnist_workdir)
   in_memory = np.mean(
-    predict.classifier(model, params)(real_test_split.images[indices]).argmax(-1) == labels
+    predict.classifier(model, params, info)(real_test_split.images[indices]).argmax(-1) == labels
   )
   assert from_photos >= 0.9 * in_memory, (from_photos, in_memory)
   for line in lines:
@@ -77,8 +77,8 @@ np.save('one.npy', model.call(images[:1]))
 np.save('all.npy', model.call(images))
 """
   subprocess.run([sys.executable, '-I', '-c', snippet], cwd=tmp_path, check=True, timeout=120)
-  _, model, params = checkpoint.restore_for_inference(trained_mnist_workdir)
-  expected = predict.classifier(model, params)(images)
+  _, info, model, params = checkpoint.restore_for_inference(trained_mnist_workdir)
+  expected = predict.classifier(model, params, info)(images)
   exported = np.load(tmp_path / 'all.npy')
   np.testing.assert_array_equal(exported.argmax(-1), expected.argmax(-1))
   np.testing.assert_allclose(exported, expected, atol=1e-5)
@@ -86,9 +86,9 @@ np.save('all.npy', model.call(images))
 
 
 def test_classifier_compiles_once_for_any_number_of_images(tmp_path, caplog):
-  model, params = build.build_model(tiny_config(tmp_path))
+  model, params = build.build_model(tiny_config(tmp_path), MNIST_INFO)
   images = np.random.default_rng(0).integers(0, 256, (300, 28, 28, 1), np.uint8)
-  classify = predict.classifier(model, params, batch_size=128)
+  classify = predict.classifier(model, params, MNIST_INFO, batch_size=128)
   with jax.log_compiles(), caplog.at_level(logging.WARNING):
     results = {n: classify(images[:n]) for n in (300, 5, 128, 0)}
   compiles = [
@@ -160,6 +160,7 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(tmp_path, mock_mnist, ca
 )
 def test_no_checkpoint_says_how_to_train(tmp_path, run):
   configuration.save(tiny_config(tmp_path), tmp_path)
+  MNIST_INFO.save(tmp_path)
   with pytest.raises(UserError, match='train first: python main.py --config=') as error:
     run(tmp_path)
   assert '\n' not in str(error.value)

@@ -1,5 +1,7 @@
-"""TensorBoard summaries read back from the event files, and the pictures as images."""
+"""The metrics sink read back from metrics.jsonl and the event files; the pictures as images."""
 
+import json
+import logging
 import struct
 from pathlib import Path
 
@@ -9,8 +11,9 @@ from PIL import Image
 from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
 
-from configs import default
-from mlp import reporting
+from mlp import configuration, reporting
+
+DIGITS = tuple('0123456789')
 
 
 def epoch_record(epoch: int) -> dict[str, float]:
@@ -52,48 +55,68 @@ def summary_values(workdir: Path) -> dict[str, object]:
   return {v.tag: v for event in read_events(workdir) for v in event.summary.value}
 
 
-def test_summaries_hold_epochs_test_metrics_and_config(tmp_path):
-  config = default.get_config()
-  with reporting.Summaries(tmp_path, config) as summaries:
-    for epoch in (1, 2):
-      summaries.write_epoch(epoch_record(epoch))
-    summaries.write_test({'test_loss': 0.25, 'test_accuracy': 0.875}, epoch=2)
+def config_values() -> dict:
+  return configuration.to_dict(configuration.defaults())
 
+
+def read_lines(workdir: Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / reporting.METRICS_FILE).read_text().splitlines()]
+
+
+def test_one_write_reaches_the_file_tensorboard_and_the_console(tmp_path, caplog):
+  metrics = reporting.Metrics(tmp_path, config_values())
+  with caplog.at_level(logging.INFO):
+    for epoch in (1, 2):
+      metrics.write(epoch, epoch_record(epoch), f'Epoch {epoch}/2')
+  metrics.write(2, {'test_loss': 0.25, 'test_accuracy': 0.875}, 'Test')
+  metrics.write_hparams(2, ['val_accuracy', 'test_accuracy'])
+  metrics.close()
+
+  assert read_lines(tmp_path) == [epoch_record(1), epoch_record(2), metrics.records[-1]]
   scalars = read_scalars(tmp_path)
-  assert set(scalars) == {*reporting.EPOCH_TAGS.values(), *reporting.TEST_TAGS.values()}
+  assert set(scalars) == {reporting.tag(n) for r in metrics.records for n in r if n != 'epoch'}
   assert scalars['train/loss'] == {1: 1.0, 2: 0.5}
-  assert scalars['perf/examples_per_sec'] == {1: 1000.0, 2: 2000.0}
+  assert scalars['epoch/examples_per_sec'] == {1: 1000.0, 2: 2000.0}
   assert scalars['test/accuracy'] == {2: 0.875}
+  assert 'Epoch 2/2 - train_loss: 0.5 - train_accuracy: 0.95' in caplog.text
+  assert 'examples_per_sec: 2,000' in caplog.text
   values = summary_values(tmp_path)
   config_text = values['config/text_summary'].tensor.string_val[0].decode()
-  assert '"hidden_sizes": [' in config_text and '"learning_rate": 0.001' in config_text
+  assert '"mlp.hidden_sizes": [' in config_text and '"optim.learning_rate": 0.001' in config_text
   plugin_data = values['_hparams_/session_start_info'].metadata.plugin_data.content
   hparams = HParamsPluginData.FromString(plugin_data).session_start_info.hparams
-  assert hparams['learning_rate'].number_value == pytest.approx(1e-3)
-  assert hparams['hidden_sizes'].string_value == '(50, 50)'
+  assert hparams['optim.learning_rate'].number_value == pytest.approx(1e-3)
+  assert hparams['mlp.hidden_sizes'].string_value == '(50, 50)'
   assert '_hparams_/session_end_info' in values
 
 
-def test_summaries_reach_the_file_before_close(tmp_path):
-  """A run killed after an epoch keeps that epoch."""
-  summaries = reporting.Summaries(tmp_path, default.get_config())
-  summaries.write_epoch(epoch_record(1))
-  assert read_scalars(tmp_path)['val/accuracy'] == {1: pytest.approx(0.8)}
-  summaries.close()
+def test_a_new_metric_needs_no_change_in_the_sink(tmp_path):
+  metrics = reporting.Metrics(tmp_path, config_values())
+  metrics.write(1, {'epoch': 1, 'val_top5_accuracy': 0.99, 'weight_sparsity': 0.5}, 'Epoch 1')
+  assert read_scalars(tmp_path) == {
+    'val/top5_accuracy': {1: pytest.approx(0.99)},
+    'epoch/weight_sparsity': {1: 0.5},
+  }
+  assert read_lines(tmp_path)[-1]['weight_sparsity'] == 0.5
 
 
 def test_resumed_run_appends_to_the_same_run(tmp_path):
   """Reopening in the same second must not overwrite the first writer's file."""
+  records = []
   for epoch in (1, 2):
-    with reporting.Summaries(tmp_path, default.get_config()) as summaries:
-      summaries.write_epoch(epoch_record(epoch))
+    metrics = reporting.Metrics(tmp_path, config_values(), records)
+    metrics.write(epoch, epoch_record(epoch), 'Epoch')
+    metrics.close()
+    records = metrics.records
   assert read_scalars(tmp_path)['train/loss'] == {1: 1.0, 2: 0.5}
+  assert [r['epoch'] for r in read_lines(tmp_path)] == [1, 2]
 
 
-def test_disabled_summaries_write_nothing(tmp_path):
-  with reporting.Summaries(tmp_path, default.get_config(), enabled=False) as summaries:
-    summaries.write_epoch(epoch_record(1))
-    summaries.write_test({'test_loss': 0.25, 'test_accuracy': 0.875}, epoch=1)
+def test_disabled_metrics_write_nothing(tmp_path):
+  metrics = reporting.Metrics(tmp_path, config_values(), enabled=False)
+  metrics.write(1, epoch_record(1), 'Epoch 1')
+  metrics.write_hparams(1, ['val_loss'])
+  metrics.close()
   assert list(tmp_path.iterdir()) == []
 
 
@@ -143,7 +166,7 @@ def assert_picture(path: Path) -> None:
 def test_save_pictures_writes_three_pngs(tmp_path):
   images, labels, probabilities = synthetic_test_split()
   records = [epoch_record(epoch) for epoch in (1, 2, 3)]
-  paths = reporting.save_pictures(tmp_path, records, images, labels, probabilities)
+  paths = reporting.save_pictures(tmp_path, records, images, labels, probabilities, DIGITS)
   names = ['training_curves.png', 'confusion_matrix.png', 'misclassified.png']
   assert paths == [tmp_path / name for name in names]
   for path in paths:
@@ -157,8 +180,21 @@ def test_misclassified_with_none_or_few_mistakes(tmp_path, mistakes):
   images[:, 10:18, 10:18] = 255
   probabilities = probabilities_with_mistakes(labels, mistakes)
   assert len(reporting.confident_mistakes(labels, probabilities, 24)) == len(mistakes)
-  assert_picture(reporting.save_misclassified(tmp_path / 'm.png', images, labels, probabilities))
+  path = reporting.save_misclassified(tmp_path / 'm.png', images, labels, probabilities, DIGITS)
+  assert_picture(path)
 
 
 def test_training_curves_of_a_single_epoch(tmp_path):
   assert_picture(reporting.save_training_curves(tmp_path / 'c.png', [epoch_record(1)]))
+
+
+def test_colour_pictures_with_class_names(tmp_path):
+  """CIFAR-10-like data: 32x32 RGB images, named classes on the confusion matrix."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+  labels = np.arange(40, dtype=np.int32) % 10
+  names = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+  probabilities = probabilities_with_mistakes(labels, {1: 0.7, 5: 0.9})
+  records = [epoch_record(1)]
+  for path in reporting.save_pictures(tmp_path, records, images, labels, probabilities, names):
+    assert_picture(path)

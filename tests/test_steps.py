@@ -3,14 +3,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import tiny_config
+from conftest import MNIST_INFO, tiny_config
 
 from mlp import build, steps
 
 
-def setup(tmp_path, **overrides):
-  config = tiny_config(tmp_path, **overrides)
-  model, params = build.build_model(config)
+def setup(tmp_path, overrides=None):
+  config = tiny_config(tmp_path, overrides)
+  model, params = build.build_model(config, MNIST_INFO)
   return model, build.init_state(config, model, params)
 
 
@@ -45,7 +45,7 @@ def test_masked_examples_carry_no_weight(tmp_path):
   mask[5:] = False
   padded_loss, sums = steps.loss_and_sums(state.params, model, images, labels, mask)
   loss, _ = steps.loss_and_sums(state.params, model, images[:5], labels[:5], mask[:5])
-  assert float(sums.count) == 5
+  assert float(sums['count']) == 5
   np.testing.assert_allclose(padded_loss, loss, rtol=1e-6)
 
 
@@ -54,8 +54,10 @@ def test_evaluate_counts_every_example_with_a_batch_that_does_not_divide(tmp_pat
 
   model, state = setup(tmp_path)
   images, labels, _ = batch(23)
-  stacked = input_pipeline.padded_batches(input_pipeline.Split(images, labels), 7)
+  stacked = input_pipeline.padded_batches(input_pipeline.Split(images, labels, ()), 7)
   sums = steps.evaluate(model, state.params, *stacked)
   _, whole = steps.loss_and_sums(state.params, model, images, labels, np.ones(23, bool))
-  assert float(sums.count) == 23
-  np.testing.assert_allclose([sums.loss, sums.correct], [whole.loss, whole.correct], rtol=1e-5)
+  assert float(sums['count']) == 23
+  np.testing.assert_allclose(
+    [sums['loss'], sums['correct']], [whole['loss'], whole['correct']], rtol=1e-5
+  )

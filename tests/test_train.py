@@ -18,6 +18,9 @@ EPOCH_KEYS = {
   'val_accuracy',
   'epoch_seconds',
   'examples_per_sec',
+  'learning_rate',
+  'grad_norm',
+  'param_norm',
 }
 NUMBERS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')
 
@@ -32,7 +35,7 @@ def read_metrics(workdir):
 
 
 def test_writes_metrics_config_and_pictures(tmp_path, mock_mnist):
-  config = tiny_config(tmp_path, num_epochs=2)
+  config = tiny_config(tmp_path, {'optim.num_epochs': 2})
   result = train.train_and_evaluate(config, tmp_path / 'run')
   lines = read_metrics(tmp_path / 'run')
   assert [set(line) for line in lines[:2]] == [EPOCH_KEYS, EPOCH_KEYS]
@@ -40,33 +43,35 @@ def test_writes_metrics_config_and_pictures(tmp_path, mock_mnist):
   assert lines[2] == {'test_loss': result['test_loss'], 'test_accuracy': result['test_accuracy']}
   assert lines[:2] == result['epochs']
   assert 0.0 <= result['test_accuracy'] <= 1.0 and np.isfinite(result['test_loss'])
-  assert configuration.load(tmp_path / 'run').to_dict() == config.to_dict()
+  assert configuration.to_dict(configuration.load(tmp_path / 'run')) == configuration.to_dict(
+    config
+  )
   for picture in ('training_curves.png', 'confusion_matrix.png', 'misclassified.png'):
     assert (tmp_path / 'run' / picture).stat().st_size > 1000
 
 
 def test_same_config_gives_identical_numbers(tmp_path, mock_mnist):
-  config = tiny_config(tmp_path, checkpoint_every_epochs=0)
+  config = tiny_config(tmp_path, {'run.checkpoint_every_epochs': 0})
   first = train.train_and_evaluate(config, tmp_path / 'a')
   second = train.train_and_evaluate(config, tmp_path / 'b')
   assert numbers_of(first) == numbers_of(second)
 
 
 def test_host_and_device_placement_train_alike(tmp_path, mock_mnist):
-  config = tiny_config(tmp_path, checkpoint_every_epochs=0, num_epochs=2)
+  config = tiny_config(tmp_path, {'run.checkpoint_every_epochs': 0, 'optim.num_epochs': 2})
   on_device = train.train_and_evaluate(config, tmp_path / 'device')
-  config.placement, config.steps_per_call = 'host', 2
+  config.run.placement, config.run.steps_per_call = 'host', 2
   on_host = train.train_and_evaluate(config, tmp_path / 'host')
   for key in ('test_loss', 'test_accuracy'):
     np.testing.assert_allclose(on_host[key], on_device[key], rtol=1e-4, atol=1e-4)
 
 
 def test_resume_continues_to_the_same_numbers(tmp_path, mock_mnist):
-  config = tiny_config(tmp_path, num_epochs=3)
+  config = tiny_config(tmp_path, {'optim.num_epochs': 3})
   straight = train.train_and_evaluate(config, tmp_path / 'straight')
-  config.num_epochs = 1
+  config.optim.num_epochs = 1
   train.train_and_evaluate(config, tmp_path / 'resumed')
-  config.num_epochs = 3
+  config.optim.num_epochs = 3
   resumed = train.train_and_evaluate(config, tmp_path / 'resumed')
   assert resumed == {**straight, 'epochs': resumed['epochs']}
   assert [r['epoch'] for r in read_metrics(tmp_path / 'resumed')[:-1]] == [1, 2, 3]
@@ -87,7 +92,10 @@ def test_finished_run_reports_without_training(tmp_path, mock_mnist):
 
 
 def test_diverging_loss_stops_without_a_checkpoint(tmp_path, mock_mnist):
-  config = tiny_config(tmp_path, learning_rate=1e12, hidden_sizes=(16, 16, 16), num_epochs=3)
+  config = tiny_config(
+    tmp_path,
+    {'optim.learning_rate': 1e12, 'mlp.hidden_sizes': (16, 16, 16), 'optim.num_epochs': 3},
+  )
   with pytest.raises(UserError, match=r'became (nan|inf) in epoch \d'):
     train.train_and_evaluate(config, tmp_path / 'run')
   assert not [
@@ -98,8 +106,8 @@ def test_diverging_loss_stops_without_a_checkpoint(tmp_path, mock_mnist):
 def test_changed_model_in_a_workdir_is_refused(tmp_path, mock_mnist):
   config = tiny_config(tmp_path)
   train.train_and_evaluate(config, tmp_path / 'run')
-  config.hidden_sizes = (8, 8)
-  with pytest.raises(UserError, match=r'hidden_sizes: \(16,\) -> \(8, 8\)'):
+  config.mlp.hidden_sizes = (8, 8)
+  with pytest.raises(UserError, match=r'mlp.hidden_sizes: \(16,\) -> \(8, 8\)'):
     train.train_and_evaluate(config, tmp_path / 'run')
 
 

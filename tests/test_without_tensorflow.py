@@ -33,7 +33,9 @@ def _worker(tmp_path: str) -> None:
 
   from mlp import train
 
-  config = tiny_config(Path(tmp_path), data_dir=str(ARRAY_RECORD_DIR), checkpoint_every_epochs=0)
+  config = tiny_config(
+    Path(tmp_path), {'data.dir': str(ARRAY_RECORD_DIR), 'run.checkpoint_every_epochs': 0}
+  )
   result = train.train_and_evaluate(config, Path(tmp_path) / 'run')
   loaded = sorted(m for m in sys.modules if m.partition('.')[0] == 'tensorflow')
   print(json.dumps({'test_accuracy': result['test_accuracy'], 'tensorflow_modules': loaded}))

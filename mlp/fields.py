@@ -1,0 +1,75 @@
+"""How a config field is declared: its default, its role and what it is for.
+
+The role is what the rest of the code asks of a field, so it is stated once, here, beside the
+field: whether a resumed run may change it, whether trials of a vmapped sweep may differ in it,
+and whether it changes the results at all.
+"""
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from typing import Any
+
+
+class Role(enum.Enum):
+  """What a field decides, from which resume, sweep and reporting rules follow."""
+
+  # Changes the results. Fixed for a run (a resume refuses a change); sweep trials that differ
+  # in it train in separate programs.
+  RESULT = 'result'
+  # Changes the results, and is a value inside the compiled program (an optimizer
+  # hyperparameter, a rate, a seed): trials differing only in such fields train in one program.
+  TRACED = 'traced'
+  # Chooses the examples of the train and validation splits: fixed for a run and for every
+  # trial of a sweep, so that they are scored on the same data.
+  SPLIT = 'split'
+  # How long to train: a resume may raise it, unless a schedule's length depends on it.
+  LENGTH = 'length'
+  # How the run executes, not what it computes: a resume may change it, and a sweep trial's
+  # identity ignores it.
+  EXECUTION = 'execution'
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One config field: its default, role and purpose, and the values that work.
+
+  `valid` tells whether a value works; `expected` says what works, for the error message.
+  `kind` is the type of a field whose default is None.
+  """
+
+  default: Any
+  role: Role
+  doc: str
+  valid: Callable[[Any], bool] = lambda value: True
+  expected: str = ''
+  kind: type | None = None
+
+
+def positive(default: float, role: Role, doc: str) -> Field:
+  return Field(default, role, doc, lambda value: value > 0, 'a positive number')
+
+
+def at_least(low: float, default: float, role: Role, doc: str) -> Field:
+  return Field(default, role, doc, lambda value: value >= low, f'{low} or more')
+
+
+def fraction(default: float, role: Role, doc: str, closed: bool = True) -> Field:
+  """A value in [0, 1), or in (0, 1) where closed is False."""
+  if closed:
+    return Field(default, role, doc, lambda value: 0 <= value < 1, 'in [0, 1)')
+  return Field(default, role, doc, lambda value: 0 < value < 1, 'in (0, 1)')
+
+
+def choice(default: str, options: tuple[str, ...], role: Role, doc: str) -> Field:
+  return Field(default, role, doc, lambda value: value in options, f'one of {", ".join(options)}')
+
+
+def widths(default: tuple[int, ...], role: Role, doc: str) -> Field:
+  return Field(
+    default,
+    role,
+    doc,
+    lambda value: len(value) >= 1 and all(int(n) >= 1 for n in value),
+    'one or more positive widths, such as 500,500',
+  )
