@@ -14,6 +14,7 @@ Models hold parameters only (nnx.Param). The training step is a pure function of
 field of their own, so a model with other state is refused when it is built (mlp/build.py).
 """
 
+from mlp.models.cnn import CNN
 from mlp.models.mlp import MLP
 
-REGISTRY = {'mlp': MLP}
+REGISTRY = {'mlp': MLP, 'cnn': CNN}
