@@ -16,13 +16,18 @@ flags.DEFINE_string('workdir', None, 'Run directory; default: a new one under ./
 flags.DEFINE_enum(
   'mode',
   'train',
-  ['train', 'eval', 'benchmark', 'predict', 'export', 'sweep'],
-  'train (or resume in --workdir); eval, predict, export: use the latest checkpoint in --workdir;'
+  ['train', 'eval', 'benchmark', 'predict', 'export', 'sweep', 'serve'],
+  'train (or resume in --workdir); eval, predict, export, serve: use the latest checkpoint in'
+  ' --workdir (serve: a web page and JSON API to draw or upload digits);'
   ' benchmark: time training steps; sweep: tune (--config=configs/sweep.py).',
 )
 flags.DEFINE_multi_string('image', [], 'predict: an image file or a directory of images.')
 flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: output format on stdout.')
 flags.DEFINE_string('save_preprocessed', None, 'predict: directory for the 28x28 model inputs.')
+flags.DEFINE_integer('port', 8000, 'serve: the TCP port; 0 picks a free one.')
+flags.DEFINE_string(
+  'host', '127.0.0.1', 'serve: the address to listen on; 0.0.0.0 exposes the model to your network.'
+)
 flags.DEFINE_bool(
   'distributed',
   False,
@@ -41,12 +46,12 @@ def run(mode: str) -> int:
   """Runs one mode; returns the exit status."""
   if mode in ('train', 'benchmark', 'sweep') and FLAGS.config is None:
     raise UserError(f'--mode={mode} needs --config, e.g. --config=configs/default.py.')
-  if mode in ('eval', 'predict', 'export') and FLAGS.workdir is None:
+  if mode in ('eval', 'predict', 'export', 'serve') and FLAGS.workdir is None:
     raise UserError(f'--mode={mode} needs --workdir, the directory of a training run.')
   devices.initialize_distributed(
     FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed
   )
-  uses_saved_config = mode in ('eval', 'predict', 'export')
+  uses_saved_config = mode in ('eval', 'predict', 'export', 'serve')
   devices.configure_runtime(
     configuration.load(FLAGS.workdir) if uses_saved_config else FLAGS.config
   )
@@ -82,6 +87,10 @@ def run(mode: str) -> int:
     from mlp import export
 
     export.run(FLAGS.workdir)
+  elif mode == 'serve':
+    from mlp import serve
+
+    return serve.run(FLAGS.workdir, FLAGS.host, FLAGS.port)
   elif mode == 'sweep':
     from mlp import sweep
 
