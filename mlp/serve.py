@@ -24,6 +24,7 @@ batch of a fixed bucket size, each bucket compiled once at start-up.
 
 import base64
 import concurrent.futures
+import contextlib
 import io
 import ipaddress
 import json
@@ -149,9 +150,6 @@ class Batcher:
 
 def summary(workdir: Path, config, params) -> dict:
   """The run's facts for the page and /api/model, read from config.json and metrics.jsonl."""
-  metrics_file = workdir / train.METRICS_FILE
-  lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
-  tested = [record for record in map(json.loads, lines) if 'test_accuracy' in record]
   model = str(config.get('model', 'MLP'))
   if 'hidden_sizes' in config:
     sizes = [int(np.prod(IMAGE_SHAPE)), *config.hidden_sizes, NUM_CLASSES]
@@ -162,8 +160,18 @@ def summary(workdir: Path, config, params) -> dict:
     'parameters': int(sum(leaf.size for leaf in jax.tree.leaves(params))),
     'dataset': str(config.dataset),
     'classes': [str(i) for i in range(NUM_CLASSES)],
-    'test_accuracy': tested[-1]['test_accuracy'] if tested else None,
+    'test_accuracy': _test_accuracy(workdir / train.METRICS_FILE),
   }
+
+
+def _test_accuracy(metrics_file: Path) -> float | None:
+  """The last test accuracy in metrics.jsonl; None if the run never reached its test."""
+  accuracy = None
+  lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
+  for line in lines:
+    with contextlib.suppress(json.JSONDecodeError):  # A line cut short by a killed run.
+      accuracy = json.loads(line).get('test_accuracy', accuracy)
+  return accuracy
 
 
 def _png_data_url(pixels: np.ndarray) -> str:
