@@ -17,6 +17,10 @@ flags.DEFINE_string('mode', 'train', 'What to do; see the table in `python main.
 flags.DEFINE_multi_string('image', [], 'predict: an image file or a directory of images.')
 flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: output format on stdout.')
 flags.DEFINE_string('save_preprocessed', None, 'predict: directory for the model inputs.')
+flags.DEFINE_integer('port', 8000, 'serve: the TCP port; 0 picks a free one.')
+flags.DEFINE_string(
+  'host', '127.0.0.1', 'serve: the address to listen on; 0.0.0.0 exposes the model to your network.'
+)
 flags.DEFINE_bool(
   'distributed',
   False,
@@ -69,6 +73,12 @@ def _export() -> int:
   return 0
 
 
+def _serve() -> int:
+  from mlp import serve
+
+  return serve.run(FLAGS.workdir, FLAGS.host, FLAGS.port)
+
+
 def _sweep() -> int:
   from mlp import sweep
 
@@ -94,6 +104,7 @@ MODES = {
     _predict, 'classify image files', 'workdir', ('image', 'output', 'save_preprocessed')
   ),
   'export': Mode(_export, 'write a standalone jax.export model', 'workdir'),
+  'serve': Mode(_serve, 'a web page and JSON API over the run', 'workdir', ('port', 'host')),
   'sweep': Mode(_sweep, 'tune (--config=configs/sweep.py)', 'config'),
 }
 FLAGS['mode'].help = 'One of: ' + '; '.join(f'{n}: {m.help}' for n, m in MODES.items()) + '.'

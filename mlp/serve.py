@@ -1,0 +1,383 @@
+"""A local web app over a trained run: a page to draw or upload digits, and a JSON API.
+
+Command:
+  python main.py --mode=serve --workdir=runs/default-... [--port=8000] [--host=127.0.0.1]
+
+Routes:
+  GET  /             the page (mlp/static/index.html: one file, nothing fetched from elsewhere)
+  POST /api/predict  an image, as multipart/form-data (one file field) or as the raw bytes with
+                     Content-Type image/* or application/octet-stream; returns the object that
+                     `--mode=predict --output=json` prints ("path" is the uploaded file's name,
+                     if it had one). With ?input=1 it adds "inputs": the 28x28 images the model
+                     saw, as PNG data URLs.
+  GET  /api/health   {"status": "ok", ...the run's summary}
+  GET  /api/model    the run's summary: model, dataset, classes, test accuracy.
+
+Errors are JSON {"error": "<one line>"}: 400 not an image or blank, 413 over MAX_BYTES or
+MAX_PIXELS, 415 another content type, 404/405 for other routes; 500 (the traceback stays in the
+server's log). Uploads stay in memory and no name from a client is ever opened.
+
+Images are decoded and prepared on at most PREPARE_THREADS threads; their model inputs go to one
+inference thread (`Batcher`) that classifies whatever has queued up meanwhile in one padded
+batch of a fixed bucket size, each bucket compiled once at start-up.
+"""
+
+import base64
+import concurrent.futures
+import contextlib
+import io
+import ipaddress
+import json
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import jax
+import numpy as np
+import uvicorn
+from absl import logging
+from PIL import Image, ImageOps
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartParser
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
+
+from input_pipeline import DatasetInfo
+from mlp import checkpoint, configuration, predict, preprocess, reporting
+from mlp.errors import UserError
+
+MAX_BYTES = 10 * 1024 * 1024  # An upload's size; phone photos are 2-8 MB.
+MAX_PIXELS = 50_000_000  # Its width x height, checked from the header before decoding.
+BUCKETS = (1, 8, 32, 128)  # Batch sizes the inference thread compiles, one program each.
+PREPARE_THREADS = max(os.cpu_count() or 1, 2)  # Decoding a photo takes tens of MB and ms.
+PAGE = Path(__file__).with_name('static') / 'index.html'
+# The page may load nothing but itself, the API and the images it makes.
+SECURITY_HEADERS = {
+  'Content-Security-Policy': "default-src 'self'; img-src 'self' data: blob:; "
+  "style-src 'unsafe-inline'; script-src 'unsafe-inline'; form-action 'none'",
+  'X-Content-Type-Options': 'nosniff',
+}
+RAW_TYPES = ('image/', 'application/octet-stream')
+
+Classify = Callable[[np.ndarray], np.ndarray]
+
+
+def predict_bytes(data: bytes, classify: Classify) -> dict:
+  """The prediction for an image file's bytes, as predict's json line minus "path".
+
+  Raises:
+    UserError: the bytes are not an image, or it looks blank (predict's one-line messages).
+  """
+  if not data:
+    raise UserError('empty file')
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      image.draft('L', (preprocess.WORKING_SIDE, preprocess.WORKING_SIDE))
+      image = ImageOps.exif_transpose(image)
+  except Image.UnidentifiedImageError:
+    raise UserError('not an image Pillow can read (PNG, JPEG, BMP, GIF, TIFF, ...)') from None
+  except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+    raise UserError(f'damaged or truncated image ({error})') from None
+  pixels = preprocess.to_mnist(image)
+  result = predict.record(Path(), classify(pixels[None])[0])
+  del result['path']
+  return result
+
+
+class Batcher:
+  """Classifies images sent from many threads on one thread, in shared padded batches.
+
+  A call queues its images and waits; the inference thread takes everything queued (up to the
+  largest bucket), pads it to the smallest bucket that holds it and runs that bucket's program.
+  Under load the batches grow by themselves while the previous one runs.
+  """
+
+  def __init__(self, model, params, info: DatasetInfo, buckets: tuple[int, ...] = BUCKETS):
+    self._shape = info.image_shape
+    self._classifiers = {size: predict.classifier(model, params, info, size) for size in buckets}
+    self._queue: queue.Queue = queue.Queue()
+    self._thread = threading.Thread(target=self._loop, name='inference', daemon=True)
+
+  def start(self) -> 'Batcher':
+    """Compiles every bucket (so no request waits for a compilation), then starts the thread."""
+    for size, classify in self._classifiers.items():
+      classify(np.zeros((size, *self._shape), np.uint8))
+    self._thread.start()
+    return self
+
+  def close(self) -> None:
+    self._queue.put(None)
+    self._thread.join()
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    """Probabilities (n, classes) for uint8 images (n, H, W, C); thread-safe, blocking."""
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    self._queue.put((images, done))
+    return done.result()
+
+  def _loop(self) -> None:
+    largest = max(self._classifiers)
+    while (item := self._queue.get()) is not None:
+      jobs = [item]
+      while sum(len(images) for images, _ in jobs) < largest:
+        try:
+          item = self._queue.get_nowait()
+        except queue.Empty:
+          break
+        if item is None:
+          self._queue.put(None)  # Stop after this batch.
+          break
+        jobs.append(item)
+      try:
+        images = np.concatenate([images for images, _ in jobs])
+        size = min((s for s in self._classifiers if s >= len(images)), default=largest)
+        probabilities = self._classifiers[size](images)
+      except Exception as error:  # Goes to the requests; the thread keeps serving.
+        for _, done in jobs:
+          done.set_exception(error)
+        continue
+      ends = np.cumsum([len(images) for images, _ in jobs])
+      for (_, done), result in zip(jobs, np.split(probabilities, ends[:-1]), strict=True):
+        done.set_result(result)
+
+
+def summary(workdir: Path, config, info: DatasetInfo, params) -> dict:
+  """The run's facts for the page and /api/model, read from the run's files."""
+  fields = ', '.join(
+    f'{path.partition(".")[2]}={configuration.get(config, path)}'
+    for path in configuration.in_use(config)
+    if path.startswith(f'{config.model}.')
+  )
+  return {
+    'run': workdir.resolve().name,
+    'model': f'{config.model} ({fields})',
+    'parameters': int(sum(leaf.size for leaf in jax.tree.leaves(params))),
+    'dataset': info.name,
+    'classes': list(info.class_names),
+    'test_accuracy': _test_accuracy(workdir / reporting.METRICS_FILE),
+  }
+
+
+def _test_accuracy(metrics_file: Path) -> float | None:
+  """The last test accuracy in metrics.jsonl; None if the run never reached its test."""
+  accuracy = None
+  lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
+  for line in lines:
+    with contextlib.suppress(json.JSONDecodeError):  # A line cut short by a killed run.
+      accuracy = json.loads(line).get('test_accuracy', accuracy)
+  return accuracy
+
+
+def _png_data_url(pixels: np.ndarray) -> str:
+  buffer = io.BytesIO()
+  Image.fromarray(pixels[:, :, 0]).save(buffer, 'PNG')
+  return 'data:image/png;base64,' + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _check_pixels(data: bytes) -> None:
+  """413 for an image too large to decode, from its header alone; other faults pass on."""
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      width, height = image.size
+  except Image.DecompressionBombError as error:
+    raise HTTPException(413, f'the image is too large to decode ({error})') from None
+  except Exception:  # Not an image, or damaged: predict_bytes says which.
+    return
+  if width * height > MAX_PIXELS:
+    raise HTTPException(
+      413,
+      f'the image is {width}x{height} pixels, over the limit of {MAX_PIXELS // 10**6} megapixels:'
+      ' send a smaller one',
+    )
+
+
+async def _read_body(request: Request) -> bytes:
+  """The request's body, in memory, or 413 once it passes MAX_BYTES."""
+  too_large = HTTPException(
+    413, f'the upload is over the {MAX_BYTES // 2**20} MB limit: send a smaller image'
+  )
+  declared = request.headers.get('content-length', '')
+  if declared.isdigit() and int(declared) > MAX_BYTES:
+    raise too_large
+  chunks, size = [], 0
+  async for chunk in request.stream():
+    size += len(chunk)
+    if size > MAX_BYTES:
+      raise too_large
+    chunks.append(chunk)
+  return b''.join(chunks)
+
+
+class _InMemoryParser(MultiPartParser):
+  spool_max_size = MAX_BYTES  # Starlette spools larger parts to a temporary file.
+
+
+async def _upload(request: Request) -> tuple[bytes, str | None]:
+  """The image's bytes and its file name, if the client sent one; 415 for other content."""
+  content_type = request.headers.get('content-type', '')
+  kind = content_type.split(';')[0].strip().lower()
+  if kind != 'multipart/form-data' and not kind.startswith(RAW_TYPES):
+    raise HTTPException(
+      415,
+      f'unsupported content type {content_type or "(none)"!r}: send the image as '
+      'multipart/form-data (a file field) or as raw bytes with Content-Type image/* or '
+      'application/octet-stream',
+    )
+  body = await _read_body(request)
+  if kind != 'multipart/form-data':
+    return body, None
+
+  async def stream():
+    yield body
+
+  try:
+    form = await _InMemoryParser(
+      request.headers, stream(), max_files=1, max_fields=16, max_part_size=MAX_BYTES
+    ).parse()
+  except Exception as error:  # MultiPartException, or a malformed body python-multipart rejects.
+    raise HTTPException(400, f'malformed multipart/form-data ({error})') from None
+  files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+  if not files:
+    raise HTTPException(400, 'no file in the form: send the image as a file field')
+  return await files[0].read(), files[0].filename
+
+
+def make_app(workdir: Path, config, info: DatasetInfo, params, batcher: Batcher) -> Starlette:
+  """The Starlette app: the page, the API and JSON errors around them."""
+  facts = summary(workdir, config, info, params)
+  page = PAGE.read_text()
+  limiter = anyio.CapacityLimiter(PREPARE_THREADS)
+
+  async def index(request: Request) -> HTMLResponse:
+    return HTMLResponse(page, headers=SECURITY_HEADERS)
+
+  async def health(request: Request) -> JSONResponse:
+    return JSONResponse({'status': 'ok', **facts})
+
+  async def model(request: Request) -> JSONResponse:
+    return JSONResponse(facts)
+
+  async def predict_route(request: Request) -> JSONResponse:
+    data, filename = await _upload(request)
+    seen = []
+
+    def classify(images: np.ndarray) -> np.ndarray:
+      seen.extend(images)
+      return batcher(images)
+
+    def work() -> dict:
+      _check_pixels(data)
+      return predict_bytes(data, classify)
+
+    try:
+      result = await anyio.to_thread.run_sync(work, limiter=limiter)
+    except UserError as error:
+      raise HTTPException(400, str(error)) from None
+    if filename:
+      result = {'path': filename, **result}
+    if request.query_params.get('input') in ('1', 'true'):
+      result['inputs'] = [_png_data_url(pixels) for pixels in seen]
+    return JSONResponse(result)
+
+  async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+    return JSONResponse({'error': error.detail}, error.status_code, headers=error.headers)
+
+  async def server_error(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({'error': 'internal error; the server log has the details'}, 500)
+
+  routes = [
+    Route('/', index),
+    Route('/api/health', health),
+    Route('/api/model', model),
+    Route('/api/predict', predict_route, methods=['POST']),
+  ]
+  app = Starlette(
+    routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}
+  )
+  return _LogRequests(app)
+
+
+class _LogRequests:
+  """ASGI middleware: one log line per request (client, method, path, status, size, time)."""
+
+  def __init__(self, app):
+    self.app = app
+
+  async def __call__(self, scope, receive, send):
+    if scope['type'] != 'http':
+      return await self.app(scope, receive, send)
+    start, status, size = time.perf_counter(), 500, 0
+
+    async def sending(message):
+      nonlocal status, size
+      if message['type'] == 'http.response.start':
+        status = message['status']
+      elif message['type'] == 'http.response.body':
+        size += len(message.get('body', b''))
+      await send(message)
+
+    try:
+      await self.app(scope, receive, sending)
+    finally:
+      client = scope.get('client') or ('-', 0)
+      logging.info(
+        '%s %s %s %d %dB %.1fms',
+        client[0],
+        scope['method'],
+        scope['path'],
+        status,
+        size,
+        1000 * (time.perf_counter() - start),
+      )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+  """A bound socket (port 0: any free one), so that the real address can be logged."""
+  family = socket.AF_INET6 if ':' in host else socket.AF_INET
+  try:
+    return socket.create_server((host, port), family=family)
+  except OSError as error:
+    raise UserError(f'cannot listen on {host}:{port} ({error}); pick another --port') from None
+
+
+def run(workdir: str, host: str, port: int) -> int:
+  """Serves the run's latest checkpoint until Ctrl-C (SIGINT) or SIGTERM; returns 0."""
+  workdir = Path(workdir)
+  config, info, model, params = checkpoint.restore_for_inference(workdir)
+  sock = _listen(host, port)
+  batcher = Batcher(model, params, info).start()
+  app = make_app(workdir, config, info, params, batcher)
+  name, bound_port = sock.getsockname()[:2]
+  url = f'http://{f"[{name}]" if ":" in name else name}:{bound_port}/'
+  if not _is_loopback(host):
+    logging.warning(
+      'Listening on %s: anyone who can reach this machine can use the model (no login, no'
+      ' encryption). Use the default --host=127.0.0.1 unless that is what you want.',
+      host,
+    )
+  logging.info('Serving %s on %s (Ctrl-C stops).', workdir, url)
+  server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
+  try:
+    server.run(sockets=[sock])
+  except KeyboardInterrupt:  # Uvicorn re-raises Ctrl-C once it has shut down gracefully.
+    pass
+  finally:
+    batcher.close()
+    sock.close()
+  logging.info('Stopped.')
+  return 0
+
+
+def _is_loopback(host: str) -> bool:
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    return host == 'localhost'

@@ -1,0 +1,264 @@
+"""The web app's API: predictions as predict prints them, every error case, batching, a load test.
+
+The server runs as `python main.py --mode=serve` in a subprocess on a free loopback port.
+"""
+
+import base64
+import contextlib
+import io
+import json
+import logging
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import jax
+import numpy as np
+import pytest
+from conftest import MNIST_INFO, ROOT, tiny_config
+from PIL import Image
+from test_preprocess import seven
+
+from mlp import build, load_test, predict, preprocess, serve, steps
+from mlp.errors import UserError
+
+START_SECONDS = 180  # Importing JAX, restoring and compiling on a busy 2-core machine.
+REQUEST_LINE = re.compile(r'serve\.py:\d+\] \S+ (GET|POST) (\S+) (\d{3}) \d+B [\d.]+ms$')
+
+
+class Server:
+  """`main.py --mode=serve` in a subprocess; its stderr lines are collected as they come."""
+
+  def __init__(self, workdir: Path, *flags: str):
+    command = [sys.executable, 'main.py', '--mode=serve', f'--workdir={workdir}', '--port=0']
+    self.process = subprocess.Popen([*command, *flags], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    self.lines: list[str] = []
+    self.url = None
+    started = threading.Event()
+
+    def collect():
+      for line in self.process.stderr:
+        self.lines.append(line.rstrip('\n'))
+        if found := re.search(r'Serving .* on (http://\S+/)', line):
+          self.url = found.group(1)
+          started.set()
+      started.set()  # Exited before serving: the test fails below with the log.
+
+    threading.Thread(target=collect, daemon=True).start()
+    started.wait(START_SECONDS)
+    assert self.url, 'the server did not start:\n' + self.log
+
+  @property
+  def log(self) -> str:
+    return '\n'.join(self.lines)
+
+  def requests_logged(self) -> list[tuple[str, str, int]]:
+    return [
+      (m.group(1), m.group(2), int(m.group(3))) for m in map(REQUEST_LINE.search, self.lines) if m
+    ]
+
+  def stop(self) -> int:
+    """Ctrl-C, as a user stops it; the exit status."""
+    if self.process.poll() is None:
+      self.process.send_signal(signal.SIGINT)
+    try:
+      return self.process.wait(60)
+    finally:
+      if self.process.poll() is None:
+        self.process.kill()
+
+
+@contextlib.contextmanager
+def serving(workdir: Path, *flags: str):
+  server = Server(workdir, *flags)
+  try:
+    yield server
+  finally:
+    server.stop()
+
+
+@pytest.fixture(scope='module')
+def server(trained_mnist_workdir):
+  with serving(trained_mnist_workdir) as running:
+    yield running
+
+
+def png_bytes(image: Image.Image) -> bytes:
+  buffer = io.BytesIO()
+  image.save(buffer, 'PNG')
+  return buffer.getvalue()
+
+
+def cli_json(workdir: Path, path: Path, capsys) -> dict:
+  """What `--mode=predict --output=json` prints for one file."""
+  assert predict.run(workdir, [str(path)], 'json', None) == 0
+  return json.loads(capsys.readouterr().out)
+
+
+def test_summary_is_the_runs(server, trained_mnist_workdir):
+  lines = (trained_mnist_workdir / 'metrics.jsonl').read_text().splitlines()
+  accuracy = json.loads(lines[-1])['test_accuracy']
+  facts = httpx.get(server.url + 'api/model').json()
+  assert facts['test_accuracy'] == accuracy
+  assert facts['dataset'] == 'mnist'
+  assert facts['model'] == 'mlp (hidden_sizes=(50, 50), activation=relu, dropout_rate=0.0)'
+  assert facts['classes'] == [str(d) for d in range(10)]
+  assert httpx.get(server.url + 'api/health').json() == {'status': 'ok', **facts}
+
+
+def test_predictions_are_what_predict_prints(server, trained_mnist_workdir, tmp_path, capsys):
+  path = tmp_path / 'seven.png'
+  seven(ink=30, paper=220).save(path)
+  expected = cli_json(trained_mnist_workdir, path, capsys)
+  assert expected['digit'] == 7
+  raw = httpx.post(
+    server.url + 'api/predict', content=path.read_bytes(), headers={'Content-Type': 'image/png'}
+  )
+  upload = httpx.post(
+    server.url + 'api/predict?input=1', files={'image': ('mine.png', path.read_bytes())}
+  )
+  assert raw.status_code == upload.status_code == 200
+  raw, upload = raw.json(), upload.json()
+  inputs = upload.pop('inputs')
+  assert upload.pop('path') == 'mine.png'
+  del expected['path']
+  for result in (raw, upload):
+    assert result.keys() == expected.keys()
+    assert result['digit'] == expected['digit']
+    np.testing.assert_allclose(result['probabilities'], expected['probabilities'], atol=1e-5)
+  assert len(inputs) == 1 and inputs[0].startswith('data:image/png;base64,')
+  seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(inputs[0].split(',', 1)[1]))))
+  np.testing.assert_array_equal(seen, preprocess.to_mnist(preprocess.load(path))[:, :, 0])
+
+
+def _bad_requests() -> dict[str, tuple[dict, int, str]]:
+  """Name: (httpx.post arguments, status, the error's start)."""
+  good = png_bytes(seven(ink=0, paper=255))
+  jpeg = io.BytesIO()
+  seven(ink=0, paper=255).save(jpeg, 'JPEG')
+
+  def raw(data: bytes, kind: str = 'image/png') -> dict:
+    return {'content': data, 'headers': {'Content-Type': kind}}
+
+  return {
+    'not an image': (raw(b'Not a picture, whatever its type says.'), 400, 'not an image'),
+    'a path': (raw(b'/etc/passwd', 'application/octet-stream'), 400, 'not an image'),
+    'blank': (raw(png_bytes(Image.new('L', (100, 80), 255))), 400, 'no ink found'),
+    'empty': (raw(b''), 400, 'empty file'),
+    'truncated': (raw(jpeg.getvalue()[:1500], 'image/jpeg'), 400, 'damaged or truncated image'),
+    'urlencoded form': ({'data': {'image': 'seven.png'}, 'files': {}}, 415, 'unsupported'),
+    'multipart without a file': (
+      {'files': {'note': (None, 'no file here')}},
+      400,
+      'no file in the form',
+    ),
+    'multipart, not an image': ({'files': {'image': ('x.png', b'text')}}, 400, 'not an image'),
+    'over 10 MB': (raw(good + bytes(serve.MAX_BYTES)), 413, 'the upload is over the 10 MB'),
+    'over 50 megapixels': (
+      raw(png_bytes(Image.new('1', (8000, 7000)))),
+      413,
+      'the image is 8000x7000 pixels',
+    ),
+    'decompression bomb': (raw(png_bytes(Image.new('1', (20000, 10000)))), 413, 'the image is'),
+    'text': (raw(good, 'text/plain'), 415, "unsupported content type 'text/plain'"),
+    'json': (raw(b'{"image": "seven.png"}', 'application/json'), 415, 'unsupported content'),
+    'no content type': ({'content': good}, 415, "unsupported content type '(none)'"),
+  }
+
+
+def test_every_bad_request_gets_a_json_error_and_the_server_goes_on(server):
+  before = len(server.requests_logged())
+  bad = _bad_requests()
+  for name, (arguments, status, message) in bad.items():
+    response = httpx.post(server.url + 'api/predict', **arguments)
+    assert response.status_code == status, (name, response.text)
+    assert response.headers['content-type'] == 'application/json', name
+    error = response.json()['error']
+    assert error.startswith(message) and '\n' not in error, (name, error)
+  assert httpx.get(server.url + 'nowhere').json() == {'error': 'Not Found'}
+  assert httpx.get(server.url + 'api/predict').status_code == 405
+  good = httpx.post(
+    server.url + 'api/predict', files={'image': ('7.png', png_bytes(seven(ink=0, paper=255)))}
+  )
+  assert good.status_code == 200 and good.json()['digit'] == 7
+  expected = [('POST', '/api/predict', status) for _, status, _ in bad.values()]
+  expected += [('GET', '/nowhere', 404), ('GET', '/api/predict', 405)]
+  expected += [('POST', '/api/predict', 200)]
+  deadline = time.monotonic() + 10
+  while len(server.requests_logged()) < before + len(expected) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert server.requests_logged()[before:] == expected  # One line per request.
+  assert 'Traceback' not in server.log
+
+
+def test_page_is_self_contained(server):
+  response = httpx.get(server.url)
+  assert response.status_code == 200
+  assert "default-src 'self'" in response.headers['content-security-policy']
+  page = response.text
+  assert '<canvas id="pad"' in page and 'capture="environment"' in page
+  # Nothing from the internet: no absolute URLs anywhere in the page.
+  assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', page)
+  assert not re.search(r'https?://', page)
+
+
+@pytest.mark.slow
+def test_binds_to_loopback_by_default_and_ctrl_c_stops_it(trained_mnist_workdir):
+  server = Server(trained_mnist_workdir)
+  try:
+    assert server.url.startswith('http://127.0.0.1:')
+    assert httpx.get(server.url + 'api/health').json()['status'] == 'ok'
+  finally:
+    status = server.stop()
+  assert status == 0, server.log
+  assert server.lines[-1].endswith('Stopped.')
+  assert 'Traceback' not in server.log
+
+
+def test_batcher_compiles_once_per_bucket_and_batches_concurrent_calls(tmp_path, caplog):
+  model, params = build.build_model(tiny_config(tmp_path), MNIST_INFO)
+  images = np.random.default_rng(0).integers(0, 256, (200, 28, 28, 1), np.uint8)
+  expected = np.asarray(steps.probabilities(model, params, images))
+  sizes = [1, 3, 1, 8, 1, 2, 20, 1, 5, 1] * 4  # 20 is over the largest bucket.
+  starts = np.cumsum([0, *sizes[:-1]]) % (len(images) - 20)
+  results = [None] * len(sizes)
+
+  def call(i: int) -> None:
+    results[i] = batcher(images[starts[i] : starts[i] + sizes[i]])
+
+  with jax.log_compiles(), caplog.at_level(logging.WARNING):
+    batcher = serve.Batcher(model, params, MNIST_INFO, buckets=(1, 4, 16)).start()
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(sizes))]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
+    with pytest.raises(Exception, match='shape'):
+      batcher(images[:2, :14])  # A fault reaches its caller; the thread goes on.
+    after_fault = batcher(images[:1])
+  batcher.close()
+  compiles = [r for r in caplog.records if 'Compiling jit(probabilities)' in r.getMessage()]
+  assert len(compiles) == 3, [r.getMessage() for r in compiles]
+  for i, result in enumerate(results):
+    np.testing.assert_allclose(result, expected[starts[i] : starts[i] + sizes[i]], atol=1e-6)
+  np.testing.assert_allclose(after_fault, expected[:1], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_load_on_loopback(server):
+  """400 requests, 50 at once: none fails. Prints the figures (-s); they are not asserted."""
+  body = (ROOT / 'docs' / 'example_digit.jpg').read_bytes()
+  figures = load_test.measure(server.url, body, 'image/jpeg', requests=400, concurrency=50)
+  print('load test:', json.dumps(figures))
+  assert figures['errors'] == 0, figures['first_error']
+  assert httpx.get(server.url + 'api/health').status_code == 200
+
+
+def test_load_test_refuses_other_hosts():
+  with pytest.raises(UserError, match='only runs against this machine'):
+    load_test.require_loopback('http://10.1.2.3:8000/')
