@@ -7,12 +7,14 @@ int32 (N,); the model scales pixels to [0, 1] where it consumes them.
 
 import dataclasses
 import hashlib
+import importlib.util
 import os
 import socket
 from pathlib import Path
 
 import numpy as np
 
+from input_pipeline import mnist_files
 from mlp.errors import UserError
 
 # Where tfds downloads MNIST from; checked before a download is tried.
@@ -91,9 +93,19 @@ def _check_can_download(name: str, data_dir: Path, download: bool) -> None:
     raise UserError(f'{where}, and no network to download it ({error}); {how}.') from None
 
 
+# MNIST without TensorFlow (Colab's TPU runtime): tfds needs TensorFlow to prepare MNIST, so
+# there its original files are read instead (mnist_files.py), cached under the version 'files'.
+def _reads_original_files(name: str, data_dir: Path) -> bool:
+  return (
+    name.partition(':')[0] == 'mnist'
+    and importlib.util.find_spec('tensorflow') is None
+    and _prepared_version(name, data_dir) is None
+  )
+
+
 def _cache_file(name: str, split: str, data_dir: Path, cache_dir) -> Path | None:
   """Where a decoded split is cached; None while the dataset is not prepared on disk."""
-  version = _prepared_version(name, data_dir)
+  version = 'files' if _reads_original_files(name, data_dir) else _prepared_version(name, data_dir)
   if version is None:
     return None
   where = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
@@ -120,7 +132,10 @@ def load_split(
       return Split(cached['images'], cached['labels'])
   if cache_file is None:
     _check_can_download(name, data_path, download)
-  data = _read_with_tfds(name, split, data_path, download)
+  if _reads_original_files(name, data_path):
+    data = Split(*mnist_files.load(split, data_path / 'downloads', download))
+  else:
+    data = _read_with_tfds(name, split, data_path, download)
   cache_file = _cache_file(name, split, data_path, cache_dir)
   if cache_file is not None:
     cache_file.parent.mkdir(parents=True, exist_ok=True)
