@@ -8,6 +8,7 @@ the very arrays a prepared copy gives: the same validation split and the same re
 """
 
 import gzip
+import math
 import socket
 import urllib.parse
 import zlib
@@ -62,7 +63,7 @@ def fetch(split: str, download_dir: Path) -> tuple[Path, Path]:
   )
   if not all((manual_dir / name).exists() for name in FILES[split]):
     _check_reachable(images_url, manual_dir)
-  logging.info('MNIST %s: downloading its original files into %s.', split, download_dir)
+  logging.info('MNIST %s: its original files, downloaded once into %s.', split, download_dir)
   try:
     return tuple(Path(path) for path in manager.download([images_url, labels_url]))
   except tfds.download.download_manager.NonMatchingChecksumError as error:
@@ -82,10 +83,11 @@ def read_idx(path: Path) -> np.ndarray:
   except (OSError, EOFError, zlib.error) as error:
     raise UserError(f'{path} is not gzip ({error}); delete it to download it again.') from None
   rank = data[3] if len(data) > 3 else 0
-  shape = tuple(int(d) for d in np.frombuffer(data[4 : 4 + 4 * rank], '>u4'))
-  if data[:3] != b'\0\0\x08' or len(shape) != rank or len(data) != 4 + 4 * rank + np.prod(shape):
+  start = 4 + 4 * rank  # Where the values begin.
+  shape = tuple(map(int, np.frombuffer(data, '>u4', rank, 4))) if len(data) >= start else None
+  if data[:3] != b'\0\0\x08' or shape is None or len(data) != start + math.prod(shape):
     raise UserError(f'{path} is not an IDX file of uint8 values; delete it to download it again.')
-  return np.frombuffer(data, np.uint8, offset=4 + 4 * rank).reshape(shape)
+  return np.frombuffer(data, np.uint8, offset=start).reshape(shape)
 
 
 def tfds_order(split: str, num_examples: int) -> np.ndarray:

@@ -218,8 +218,9 @@ def test_the_real_downloads_are_checked_against_tfds_registered_checksums():
     b'not gzip',
     gzip.compress(b'\0\0\x0d\x01' + bytes(8)),
     gzip.compress(b'\0\0\x08\x01\0\0\0\x05ab'),
+    gzip.compress(b'\0\0\x08\x03\0\0'),
   ],
-  ids=['not-gzip', 'float-type', 'truncated'],
+  ids=['not-gzip', 'float-type', 'truncated', 'short-header'],
 )
 def test_other_files_are_refused_with_their_name(tmp_path, content):
   path = tmp_path / 'file.gz'
