@@ -9,6 +9,7 @@ with the arrays and saved with the run as DatasetInfo.
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import socket
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from input_pipeline import mnist_files
 from mlp.errors import UserError
 
 # Where tfds downloads MNIST from; checked before a download is tried.
 DOWNLOAD_HOST = 'storage.googleapis.com'
 INFO_FILE = 'dataset.json'
+DIGITS = tuple('0123456789')  # The class names of MNIST and the other digit datasets.
 # Part of every cache file's name: bump it when what a cache file holds changes.
 CACHE_FORMAT = 2
 
@@ -56,7 +59,7 @@ class DatasetInfo:
   @property
   def is_digits(self) -> bool:
     """Grey pictures of the ten digits: predict prepares users' images the way MNIST was made."""
-    return self.image_shape[-1] == 1 and self.class_names == tuple('0123456789')
+    return self.image_shape[-1] == 1 and self.class_names == DIGITS
 
   def save(self, workdir: Path) -> None:
     partial = Path(workdir) / f'{INFO_FILE}.tmp'
@@ -143,9 +146,19 @@ def _check_can_download(name: str, data_dir: Path, download: bool) -> None:
     raise UserError(f'{where}, and no network to download it ({error}); {how}.') from None
 
 
+# MNIST without TensorFlow (Colab's TPU runtime): tfds needs TensorFlow to prepare MNIST, so
+# there its original files are read instead (mnist_files.py), cached under the version 'files'.
+def _reads_original_files(name: str, data_dir: Path) -> bool:
+  return (
+    name.partition(':')[0] == 'mnist'
+    and importlib.util.find_spec('tensorflow') is None
+    and _prepared_version(name, data_dir) is None
+  )
+
+
 def _cache_file(name: str, split: str, data_dir: Path, cache_dir) -> Path | None:
   """Where a decoded split is cached; None while the dataset is not prepared on disk."""
-  version = _prepared_version(name, data_dir)
+  version = 'files' if _reads_original_files(name, data_dir) else _prepared_version(name, data_dir)
   if version is None:
     return None
   where = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
@@ -173,7 +186,10 @@ def load_split(
       return Split(cached['images'], cached['labels'], tuple(cached['class_names'].tolist()))
   if cache_file is None:
     _check_can_download(name, data_path, download)
-  data = _read_with_tfds(name, split, data_path, download)
+  if _reads_original_files(name, data_path):
+    data = Split(*mnist_files.load(split, data_path / 'downloads', download), DIGITS)
+  else:
+    data = _read_with_tfds(name, split, data_path, download)
   cache_file = _cache_file(name, split, data_path, cache_dir)
   if cache_file is not None:
     cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from input_pipeline import DatasetInfo
+from input_pipeline import DIGITS, DatasetInfo
 from mlp import configuration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / 'shared'
 TFRECORD_DIR = Path(os.environ.get('TFDS_DATA_DIR') or SHARED / 'tensorflow_datasets')
 ARRAY_RECORD_DIR = SHARED / 'tensorflow_datasets_array_record'
-MNIST_INFO = DatasetInfo('mnist', (28, 28, 1), tuple('0123456789'))
+MNIST_INFO = DatasetInfo('mnist', (28, 28, 1), DIGITS)
 
 
 def pytest_configure(config):

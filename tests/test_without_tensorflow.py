@@ -24,11 +24,16 @@ class _PathFinderWithoutTensorFlow(importlib.machinery.PathFinder):
     return super().find_spec(name, path, target)
 
 
-def _worker(tmp_path: str) -> None:
+def hide_tensorflow() -> None:
+  """From here on this process imports as if TensorFlow were not installed."""
   sys.meta_path = [
     _PathFinderWithoutTensorFlow if finder is importlib.machinery.PathFinder else finder
     for finder in sys.meta_path
   ]
+
+
+def _worker(tmp_path: str) -> None:
+  hide_tensorflow()
   from conftest import ARRAY_RECORD_DIR, tiny_config
 
   from mlp import train
