@@ -16,9 +16,10 @@ flags.DEFINE_string('workdir', None, 'Run directory; default: a new one under ./
 flags.DEFINE_enum(
   'mode',
   'train',
-  ['train', 'eval', 'benchmark', 'predict', 'export', 'sweep'],
+  ['train', 'eval', 'benchmark', 'predict', 'export', 'sweep', 'check'],
   'train (or resume in --workdir); eval, predict, export: use the latest checkpoint in --workdir;'
-  ' benchmark: time training steps; sweep: tune (--config=configs/sweep.py).',
+  ' benchmark: time training steps; sweep: tune (--config=configs/sweep.py);'
+  ' check: what matters on a new GPU/TPU machine, one summary table.',
 )
 flags.DEFINE_multi_string('image', [], 'predict: an image file or a directory of images.')
 flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: output format on stdout.')
@@ -39,7 +40,7 @@ PROJECT_DIR = str(Path(__file__).resolve().parent)
 
 def run(mode: str) -> int:
   """Runs one mode; returns the exit status."""
-  if mode in ('train', 'benchmark', 'sweep') and FLAGS.config is None:
+  if mode in ('train', 'benchmark', 'sweep', 'check') and FLAGS.config is None:
     raise UserError(f'--mode={mode} needs --config, e.g. --config=configs/default.py.')
   if mode in ('eval', 'predict', 'export') and FLAGS.workdir is None:
     raise UserError(f'--mode={mode} needs --workdir, the directory of a training run.')
@@ -86,6 +87,10 @@ def run(mode: str) -> int:
     from mlp import sweep
 
     sweep.run(FLAGS.config, FLAGS.workdir)
+  elif mode == 'check':
+    from mlp import accelerator_check
+
+    return accelerator_check.run(FLAGS.config)
   return 0
 
 

@@ -37,14 +37,16 @@ monitoring.register_event_duration_secs_listener(_count_compile_time)
 
 
 def epoch_timer(
-  config: ml_collections.ConfigDict, split: input_pipeline.Split
+  config: ml_collections.ConfigDict,
+  split: input_pipeline.Split,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[Callable[[], float], float]:
-  """Sets up training under config and runs a warm-up epoch.
+  """Sets up training under config on mesh (default: all devices) and runs a warm-up epoch.
 
   Returns a function that trains one more epoch and returns its seconds, and the seconds
   spent compiling. Several timers can live side by side, to alternate settings (mlp/ab.py).
   """
-  mesh = devices.make_mesh()
+  mesh = mesh or devices.make_mesh()
   model, params = build.build_model(config, steps_per_epoch=-(-len(split) // config.batch_size))
   programs = train.compile_programs(model, mesh)
   state = devices.replicate(build.init_state(config, model, params), mesh)
@@ -246,6 +248,16 @@ def save_curve(results: list[dict], workdir: Path) -> None:
   logging.info('Throughput curve written to %s.', workdir / 'throughput.png')
 
 
+def train_split(config: ml_collections.ConfigDict) -> input_pipeline.Split:
+  """The training split without its validation share: what training runs on."""
+  split, _ = input_pipeline.split_off_validation(
+    input_pipeline.load_split(config.dataset, 'train', config.data_dir, config.cache_dir),
+    config.validation_fraction,
+    config.data_seed,
+  )
+  return split
+
+
 def run(config: ml_collections.ConfigDict, workdir: Path | None = None) -> list[dict]:
   """Per batch size, a table on stderr and one JSON line on stdout; a curve for several.
 
@@ -255,11 +267,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path | None = None) -> list[
   sizes = tuple(config.benchmark_batch_sizes) or (config.batch_size,)
   for batch_size in sizes:
     devices.check_batch_size(batch_size)
-  split, _ = input_pipeline.split_off_validation(
-    input_pipeline.load_split(config.dataset, 'train', config.data_dir, config.cache_dir),
-    config.validation_fraction,
-    config.data_seed,
-  )
+  split = train_split(config)
   if config.profile:
     jax.profiler.start_trace(config.profile)
   peak = flops.peak(config.compute_dtype)

@@ -1,0 +1,22 @@
+"""The accelerator check runs end to end (here on a CPU); it fails when training does not learn."""
+
+from conftest import tiny_config
+
+from mlp import accelerator_check
+
+
+def test_check_prints_its_table_and_fails_below_the_accuracy(
+  tmp_path, mock_mnist, monkeypatch, capsys
+):
+  monkeypatch.setattr(accelerator_check, 'MIN_ACCURACY', 1.01)  # Unreachable: must fail.
+  config = tiny_config(tmp_path, benchmark_batch_sizes=(10, 20), benchmark_repeats=1)
+
+  status = accelerator_check.run(config)
+
+  out = capsys.readouterr().out
+  assert status == 1
+  assert 'FAILED' in out
+  for dtype in accelerator_check.DTYPES:
+    for batch_size in (10, 20):
+      assert f'{dtype}, batch {batch_size} ' in out
+  assert '% of peak' in out and 'devices ' in out
