@@ -61,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.profile = ''  # A directory for a jax.profiler trace of the benchmark; '' = none.
   config.benchmark_batch_sizes = ()  # Several sizes: a throughput curve in the workdir.
   config.benchmark_models = 0  # Over 1: also time that many models trained at once (vmap).
+  # A/B instead: 'field=value ...' overrides for side B; epochs of A and B are alternated
+  # benchmark_repeats times and each side's median and best compared (mlp/ab.py).
+  config.benchmark_compare = ''
 
   # Checkpoints in <workdir>/checkpoints; re-running with the workdir resumes.
   config.checkpoint_every_epochs = 1  # 0 turns checkpoints off.

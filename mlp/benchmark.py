@@ -23,7 +23,7 @@ from absl import logging
 from jax import monitoring
 
 import input_pipeline
-from mlp import build, configuration, devices, flops, train
+from mlp import ab, build, configuration, devices, flops, train
 
 _compile_seconds = [0.0]
 
@@ -248,6 +248,34 @@ def save_curve(results: list[dict], workdir: Path) -> None:
   logging.info('Throughput curve written to %s.', workdir / 'throughput.png')
 
 
+def compare(config: ml_collections.ConfigDict, split: input_pipeline.Split) -> dict:
+  """Examples/s of config (A) and of config with the overrides in config.benchmark_compare (B).
+
+  Both are set up side by side and their epochs alternated, config.benchmark_repeats rounds.
+  """
+  other = ab.apply_overrides(config, config.benchmark_compare)
+  configuration.validate(other)
+  devices.check_batch_size(other.batch_size)
+  timers = [epoch_timer(c, split)[0] for c in (config, other)]
+  seconds = ab.alternate(*timers, rounds=config.benchmark_repeats)
+  a, b = ([len(split) / s for s in side] for side in seconds)
+  summary = ab.summarize(a, b, higher_is_better=True)
+  logging.info(
+    'A/B, %d rounds of one epoch each, alternated:\n%s',
+    config.benchmark_repeats,
+    ab.table(summary, 'examples/s', 'the config', config.benchmark_compare),
+  )
+  return {
+    'compare': config.benchmark_compare,
+    'rounds': config.benchmark_repeats,
+    'metric': 'examples_per_sec',
+    'a_values': a,
+    'b_values': b,
+    **summary,
+    **_machine(),
+  }
+
+
 def train_split(config: ml_collections.ConfigDict) -> input_pipeline.Split:
   """The training split without its validation share: what training runs on."""
   split, _ = input_pipeline.split_off_validation(
@@ -262,12 +290,17 @@ def run(config: ml_collections.ConfigDict, workdir: Path | None = None) -> list[
   """Per batch size, a table on stderr and one JSON line on stdout; a curve for several.
 
   config.benchmark_batch_sizes, if set, lists the batch sizes; else config.batch_size alone.
+  With config.benchmark_compare, an A/B comparison instead (compare).
   """
   configuration.validate(config)
   sizes = tuple(config.benchmark_batch_sizes) or (config.batch_size,)
   for batch_size in sizes:
     devices.check_batch_size(batch_size)
   split = train_split(config)
+  if config.benchmark_compare:
+    result = compare(config, split)
+    print(json.dumps(result), file=sys.stdout, flush=True)
+    return [result]
   if config.profile:
     jax.profiler.start_trace(config.profile)
   peak = flops.peak(config.compute_dtype)

@@ -28,6 +28,7 @@ RESUMABLE_FIELDS = frozenset(
     'profile',
     'benchmark_batch_sizes',
     'benchmark_models',
+    'benchmark_compare',
   }
 )
 CHOICES = {

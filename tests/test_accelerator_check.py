@@ -9,7 +9,7 @@ def test_check_prints_its_table_and_fails_below_the_accuracy(
   tmp_path, mock_mnist, monkeypatch, capsys
 ):
   monkeypatch.setattr(accelerator_check, 'MIN_ACCURACY', 1.01)  # Unreachable: must fail.
-  config = tiny_config(tmp_path, benchmark_batch_sizes=(10, 20), benchmark_repeats=1)
+  config = tiny_config(tmp_path, benchmark_batch_sizes=(10,), benchmark_repeats=1)
 
   status = accelerator_check.run(config)
 
@@ -17,6 +17,5 @@ def test_check_prints_its_table_and_fails_below_the_accuracy(
   assert status == 1
   assert 'FAILED' in out
   for dtype in accelerator_check.DTYPES:
-    for batch_size in (10, 20):
-      assert f'{dtype}, batch {batch_size} ' in out
+    assert f'{dtype}, batch 10 ' in out
   assert '% of peak' in out and 'devices ' in out
