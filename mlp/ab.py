@@ -8,7 +8,7 @@ In one process, the benchmark alternates epochs of two configs (`--config.benchm
 see mlp/benchmark.py). For what a process reads at startup (XLA_FLAGS) or for whole-process
 times, this module alternates whole commands:
 
-  python -m mlp.ab --b_env=XLA_FLAGS=--xla_cpu_use_thunk_runtime=false -- \\
+  python -m mlp.ab --b_env=XLA_FLAGS=--xla_cpu_use_xnnpack=false -- \\
     python main.py --mode=benchmark --config=configs/default.py
 
 Each side's runs are timed (metric wall_seconds) or, with --metric=FIELD, read from the last
