@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1
   summary = summarize(a, b, higher_is_better=args.metric != 'wall_seconds')
   names = [
-    ' '.join([*args.a_env, args.a_args]).strip() or 'as is',
-    ' '.join([*args.b_env, args.b_args]).strip(),
+    ' '.join([*getattr(args, f'{s}_env'), getattr(args, f'{s}_args')]).strip() or 'as is'
+    for s in ('a', 'b')
   ]
   print(
     f'{args.rounds} rounds, alternated:\n' + table(summary, args.metric, *names), file=sys.stderr
