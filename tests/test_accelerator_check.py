@@ -1,10 +1,12 @@
 """The accelerator check runs end to end (here on a CPU); it fails when training does not learn."""
 
+import pytest
 from conftest import tiny_config
 
 from mlp import accelerator_check
 
 
+@pytest.mark.slow  # A training run and four benchmarks: ~30 s quiet, ~60 s loaded.
 def test_check_prints_its_table_and_fails_below_the_accuracy(
   tmp_path, mock_mnist, monkeypatch, capsys
 ):
