@@ -73,6 +73,12 @@ def _export() -> int:
   return 0
 
 
+def _check() -> int:
+  from mlp import accelerator_check
+
+  return accelerator_check.run(FLAGS.config)
+
+
 def _serve() -> int:
   from mlp import serve
 
@@ -106,6 +112,7 @@ MODES = {
   'export': Mode(_export, 'write a standalone jax.export model', 'workdir'),
   'serve': Mode(_serve, 'a web page and JSON API over the run', 'workdir', ('port', 'host')),
   'sweep': Mode(_sweep, 'tune (--config=configs/sweep.py)', 'config'),
+  'check': Mode(_check, 'what matters on a new GPU/TPU machine, one table', 'config'),
 }
 FLAGS['mode'].help = 'One of: ' + '; '.join(f'{n}: {m.help}' for n, m in MODES.items()) + '.'
 

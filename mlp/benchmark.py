@@ -6,6 +6,7 @@ repeats of one epoch. The same run times a baseline (host placement, one jitted 
 NumPy batch, as most JAX examples train) and reports the speedup over it.
 """
 
+import itertools
 import json
 import os
 import platform
@@ -13,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -21,7 +23,7 @@ from absl import logging
 from jax import monitoring
 
 import input_pipeline
-from mlp import build, configuration, devices, train
+from mlp import ab, build, configuration, devices, flops, train
 
 _compile_seconds = [0.0]
 
@@ -34,17 +36,20 @@ def _count_compile_time(event: str, duration: float, **_) -> None:
 monitoring.register_event_duration_secs_listener(_count_compile_time)
 
 
-def time_epochs(
+def epoch_timer(
   config: ml_collections.ConfigDict,
   split: input_pipeline.Split,
   info: input_pipeline.DatasetInfo,
   num_models: int = 1,
-) -> dict:
-  """Compile seconds and per-epoch seconds of `repeats` steady-state epochs under config.
+  mesh: jax.sharding.Mesh | None = None,
+) -> tuple[Callable[[], float], float]:
+  """Sets up training under config on mesh (default: all devices), runs a warm-up epoch.
 
-  num_models > 1 trains that many models (seeds 0, 1, ...) at once, as a sweep's vmapped trials.
+  Returns a function that trains one more epoch and returns its seconds, and the seconds spent
+  compiling. num_models > 1 trains that many models (seeds 0, 1, ...) at once, as a sweep's
+  vmapped trials. Several timers can live side by side, to alternate settings (mlp/ab.py).
   """
-  mesh = devices.make_mesh()
+  mesh = mesh or devices.make_mesh()
   configs = [config.copy_and_resolve_references() for _ in range(num_models)]
   for seed, trial in enumerate(configs):
     trial.seed = seed if num_models > 1 else config.seed
@@ -57,12 +62,27 @@ def time_epochs(
   state, sums = train.run_epoch(config, programs, state, data, epoch=1)  # Warm-up.
   jax.block_until_ready((state, sums))
   compile_seconds = _compile_seconds[0] - compile_before
-  seconds = []
-  for epoch in range(2, config.benchmark.repeats + 2):
+  epochs = itertools.count(2)
+
+  def time_epoch() -> float:
+    nonlocal state
     start = time.perf_counter()
-    state, sums = train.run_epoch(config, programs, state, data, epoch)
+    state, sums = train.run_epoch(config, programs, state, data, next(epochs))
     jax.block_until_ready((state, sums))
-    seconds.append(time.perf_counter() - start)
+    return time.perf_counter() - start
+
+  return time_epoch, compile_seconds
+
+
+def time_epochs(
+  config: ml_collections.ConfigDict,
+  split: input_pipeline.Split,
+  info: input_pipeline.DatasetInfo,
+  num_models: int = 1,
+) -> dict:
+  """Compile seconds and per-epoch seconds of `repeats` steady-state epochs under config."""
+  time_epoch, compile_seconds = epoch_timer(config, split, info, num_models)
+  seconds = [time_epoch() for _ in range(config.benchmark.repeats)]
   return {'compile_seconds': compile_seconds, 'epoch_seconds': seconds}
 
 
@@ -91,9 +111,15 @@ def _machine() -> dict:
 
 
 def measure(
-  config: ml_collections.ConfigDict, split: input_pipeline.Split, info: input_pipeline.DatasetInfo
+  config: ml_collections.ConfigDict,
+  split: input_pipeline.Split,
+  info: input_pipeline.DatasetInfo,
+  peak: tuple[float, str],
 ) -> dict:
-  """The figures of one config and of the baseline, as one JSON-ready dict."""
+  """The figures of one config and of the baseline, as one JSON-ready dict.
+
+  peak: (peak FLOP/s of the devices, its source), from flops.peak.
+  """
   timed = time_epochs(config, split, info)
   baseline_config = config.copy_and_resolve_references()
   baseline_config.run.placement, baseline_config.run.steps_per_call = 'host', 1
@@ -120,8 +146,24 @@ def measure(
     'baseline_examples_per_sec': baseline_examples_per_sec,
     'baseline_compile_seconds': baseline['compile_seconds'],
     'speedup_over_baseline': examples_per_sec / baseline_examples_per_sec,
+    **_utilization(config, info, steps_per_epoch / median, peak),
     **_vmapped_models(config, split, info),
     **_machine(),
+  }
+
+
+def _utilization(config, info: input_pipeline.DatasetInfo, steps_per_sec: float, peak) -> dict:
+  """FLOPs and bytes per step from XLA, the FLOP/s they make, and their share of the peak."""
+  cost = flops.step_cost(config, info, config.optim.batch_size)
+  flops_per_sec = cost['flops'] * steps_per_sec
+  return {
+    'flops_per_step': cost['flops'],
+    'bytes_accessed_per_step': cost['bytes_accessed'],
+    'flops_per_sec': flops_per_sec,
+    'peak_flops_per_sec': peak[0],
+    'peak_flops_source': peak[1],
+    'utilization': flops_per_sec / peak[0],
+    'peak_memory_bytes': flops.peak_memory_bytes(),
   }
 
 
@@ -157,6 +199,12 @@ def _log_table(result: dict) -> None:
     ('compile seconds', '{compile_seconds:.2f}'),
     ('baseline examples/s', '{baseline_examples_per_sec:,.0f} (host, 1 step per call)'),
     ('speedup over baseline', '{speedup_over_baseline:.2f}x'),
+    ('FLOPs, bytes per step (XLA)', '{flops_per_step:,.0f}, {bytes_accessed_per_step:,.0f}'),
+    (
+      'GFLOP/s, of peak',
+      '{gflops:,.2f} of {peak_gflops:,.0f} ({peak_flops_source}): {utilization:.2%}',
+    ),
+    ('peak device memory', '{memory}'),
     *(
       [('models at once, speedup', '{vmapped_models}: {vmap_speedup:.2f}x model-examples/s')]
       if 'vmapped_models' in result
@@ -169,49 +217,93 @@ def _log_table(result: dict) -> None:
     ),
   ]
   width = max(len(name) for name, _ in rows)
+  memory = result['peak_memory_bytes']
+  values = {
+    **result,
+    'gflops': result['flops_per_sec'] / 1e9,
+    'peak_gflops': result['peak_flops_per_sec'] / 1e9,
+    'memory': 'not reported by this backend' if memory is None else f'{memory / 2**20:,.1f} MiB',
+  }
   logging.info(
     'Benchmark, %d repeats of one epoch:\n%s',
     result['repeats'],
-    '\n'.join(f'  {name:<{width}}  {value.format(**result)}' for name, value in rows),
+    '\n'.join(f'  {name:<{width}}  {value.format(**values)}' for name, value in rows),
   )
 
 
 def save_curve(results: list[dict], workdir: Path) -> None:
-  """throughput.png, .md and .jsonl: examples/s against batch size, ours and the baseline."""
+  """throughput.png, .md and .jsonl: examples/s and utilisation against batch size."""
   from matplotlib.figure import Figure  # Only here: importing matplotlib is slow.
 
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'throughput.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in results))
   rows = [
     f'| {r["batch_size"]} | {r["examples_per_sec"]:,.0f} | {r["baseline_examples_per_sec"]:,.0f}'
-    f' | {r["speedup_over_baseline"]:.2f}x | {r["compile_seconds"]:.2f} |'
+    f' | {r["speedup_over_baseline"]:.2f}x | {r["compile_seconds"]:.2f}'
+    f' | {r["flops_per_sec"] / 1e9:,.1f} | {r["utilization"]:.1%} |'
     for r in results
   ]
   header = (
-    '| batch | examples/s | baseline examples/s | speedup | compile s |\n|---|---|---|---|---|'
+    '| batch | examples/s | baseline examples/s | speedup | compile s | GFLOP/s | of peak |\n'
+    '|---|---|---|---|---|---|---|'
   )
   (workdir / 'throughput.md').write_text('\n'.join([header, *rows]) + '\n')
-  figure = Figure(figsize=(7, 4.5), dpi=100)
-  axes = figure.subplots()
+  figure = Figure(figsize=(7, 7), dpi=100)
+  axes, share = figure.subplots(2, 1, sharex=True)
   sizes = [r['batch_size'] for r in results]
   axes.plot(sizes, [r['examples_per_sec'] for r in results], 'o-', label=results[0]['placement'])
   axes.plot(sizes, [r['baseline_examples_per_sec'] for r in results], 's--', label='baseline')
-  axes.set(xscale='log', xlabel='batch size', ylabel='training examples/s')
+  axes.set(xscale='log', ylabel='training examples/s')
   axes.set_title(
     f'{results[0]["device_count"]} x {results[0]["device_kind"]}, JAX '
     f'{results[0]["jax_version"]}, {results[0]["model"]} on {results[0]["dataset"]}'
   )
-  axes.grid(alpha=0.3)
   axes.legend()
+  share.plot(sizes, [100 * r['utilization'] for r in results], 'o-')
+  share.set(xlabel='batch size', ylabel='% of peak FLOP/s')
+  share.set_ylim(bottom=0)
+  for panel in (axes, share):
+    panel.grid(alpha=0.3)
   figure.tight_layout()
   figure.savefig(workdir / 'throughput.png')
   logging.info('Throughput curve written to %s.', workdir / 'throughput.png')
 
 
+def compare(
+  config: ml_collections.ConfigDict, split: input_pipeline.Split, info: input_pipeline.DatasetInfo
+) -> dict:
+  """Examples/s of config (A) and of config with the overrides in benchmark.compare (B).
+
+  Both are set up side by side and their epochs alternated, benchmark.repeats rounds.
+  """
+  other = ab.apply_overrides(config, config.benchmark.compare)
+  configuration.validate(other)
+  devices.check_batch_size(other.optim.batch_size)
+  timers = [epoch_timer(c, split, info)[0] for c in (config, other)]
+  seconds = ab.alternate(*timers, rounds=config.benchmark.repeats)
+  a, b = ([len(split) / s for s in side] for side in seconds)
+  summary = ab.summarize(a, b, higher_is_better=True)
+  logging.info(
+    'A/B, %d rounds of one epoch each, alternated:\n%s',
+    config.benchmark.repeats,
+    ab.table(summary, 'examples/s', 'the config', config.benchmark.compare),
+  )
+  return {
+    'compare': config.benchmark.compare,
+    'rounds': config.benchmark.repeats,
+    'metric': 'examples_per_sec',
+    'a_values': a,
+    'b_values': b,
+    **summary,
+    **_machine(),
+  }
+
+
 def run(config: ml_collections.ConfigDict, workdir: Path | None = None) -> list[dict]:
   """Per batch size, a table on stderr and one JSON line on stdout; a curve for several.
 
-  benchmark.batch_sizes, if set, lists the batch sizes; else optim.batch_size alone.
+  benchmark.batch_sizes, if set, lists the batch sizes; else optim.batch_size alone. With
+  benchmark.compare, an A/B comparison instead (compare).
   """
   configuration.validate(config)
   sizes = tuple(config.benchmark.batch_sizes) or (config.optim.batch_size,)
@@ -219,6 +311,11 @@ def run(config: ml_collections.ConfigDict, workdir: Path | None = None) -> list[
     devices.check_batch_size(batch_size)
   split, _ = input_pipeline.load_train_split(config)
   info = input_pipeline.DatasetInfo.of(config.data.name, split)
+  if config.benchmark.compare:
+    result = compare(config, split, info)
+    print(json.dumps(result), file=sys.stdout, flush=True)
+    return [result]
+  peak = flops.peak(config.run.compute_dtype)
   if config.benchmark.profile:
     jax.profiler.start_trace(config.benchmark.profile)
   results = []
@@ -226,7 +323,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path | None = None) -> list[
     for batch_size in sizes:
       sized = config.copy_and_resolve_references()
       sized.optim.batch_size = batch_size
-      results.append(measure(sized, split, info))
+      results.append(measure(sized, split, info, peak))
       _log_table(results[-1])
       print(json.dumps(results[-1]), file=sys.stdout, flush=True)
   finally:

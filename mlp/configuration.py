@@ -89,6 +89,11 @@ _BENCHMARK = {
   'profile': Field('', Role.EXECUTION, "A directory for a jax.profiler trace; '': none."),
   'batch_sizes': Field((), Role.EXECUTION, 'Several sizes: a throughput curve in the workdir.'),
   'models': at_least(0, 0, Role.EXECUTION, 'Over 1: also that many models at once (vmap).'),
+  'compare': Field(
+    '',
+    Role.EXECUTION,
+    "A/B: 'group.field=value ...' for side B; epochs of both alternate (mlp/ab.py).",
+  ),
 }
 GROUPS: dict[str, dict[str, Field]] = {
   '': _TOP,

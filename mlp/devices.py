@@ -7,6 +7,7 @@ only the rows its own devices take, so results do not depend on how many process
 """
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -59,10 +60,15 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """Auto axis: XLA propagates the batch sharding through the on-device gather of a batch."""
+def make_mesh(mesh_devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """Over mesh_devices (default: all). Auto axis: XLA propagates the batch sharding through the
+  on-device gather of a batch."""
+  mesh_devices = jax.devices() if mesh_devices is None else list(mesh_devices)
   return jax.make_mesh(
-    (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+    (len(mesh_devices),),
+    (DATA_AXIS,),
+    axis_types=(jax.sharding.AxisType.Auto,),
+    devices=mesh_devices,
   )
 
 

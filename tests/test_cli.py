@@ -88,3 +88,9 @@ def test_benchmark_prints_one_well_formed_json_line(tmp_path, mock_mnist, capsys
   assert result['speedup_over_baseline'] > 0
   assert result['placement'] == 'device' and result['device_count'] >= 1
   assert {'backend', 'jax_version', 'xla_flags', 'git_commit', 'device_kind'} <= set(result)
+  assert result['flops_per_step'] > 0 and result['bytes_accessed_per_step'] > 0
+  assert result['flops_per_sec'] == pytest.approx(
+    result['flops_per_step'] * result['steps_per_sec']
+  )
+  assert 0 < result['utilization'] == result['flops_per_sec'] / result['peak_flops_per_sec']
+  assert 'peak_memory_bytes' in result

@@ -8,7 +8,7 @@ from conftest import tiny_config
 from flax import nnx
 
 import input_pipeline
-from mlp import build, checkpoint, configuration, export, models, predict, train
+from mlp import build, checkpoint, configuration, export, models, predict, sweep, train
 from mlp.errors import UserError
 
 
@@ -37,11 +37,14 @@ def test_every_model_trains_resumes_evaluates_predicts_and_exports(tmp_path, moc
 )
 def test_dataset_shapes_and_classes_come_from_tfds(tmp_path, mock_dataset, name, shape, is_digits):
   mock_dataset(name)
-  overrides = {'data.name': name, 'augment.rotation': 10.0, 'optim.num_epochs': 2}
+  overrides = {'data.name': name, 'augment.rotation': 10.0, 'optim.num_epochs': 1}
   for model in sorted(models.REGISTRY):
     workdir = tmp_path / model
     config = tiny_config(tmp_path, {**overrides, 'model': model})
-    result = train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir)
+    configuration.assign(config, 'optim.num_epochs', 2)
+    result = train.train_and_evaluate(config, workdir)  # Resumed from epoch 1.
+    assert [r['epoch'] for r in result['epochs']] == [1, 2]
     info = input_pipeline.DatasetInfo.load(workdir)
     assert info.image_shape == shape and info.num_classes == 10
     assert info.is_digits == is_digits
@@ -51,6 +54,13 @@ def test_dataset_shapes_and_classes_come_from_tfds(tmp_path, mock_dataset, name,
     assert export.export(restored, params, shape).in_avals[0].shape[1:] == shape
     for picture in ('confusion_matrix.png', 'misclassified.png'):
       assert (workdir / picture).stat().st_size > 1000
+    with config.unlocked():
+      config.sweep = {'grid': {'optim': {'learning_rate': (1e-3, 3e-3)}}, 'random': {}}
+      config.sweep.update(num_random=0, seed=0, max_parallel=2)
+    records = [sweep.run(config, tmp_path / f'sweep-{model}')]
+    lines = (tmp_path / f'sweep-{model}' / 'sweep.jsonl').read_text().splitlines()
+    assert [json.loads(line)['trials_in_program'] for line in lines] == [2, 2]
+    assert 0 <= records[0]['val_accuracy'] <= 1
 
 
 class WithBatchNorm(nnx.Module):
