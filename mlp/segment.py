@@ -19,11 +19,13 @@ NO_DIGIT = 'no digit found: the image holds only lines or specks, no digit-like 
 LINE_LENGTH = 0.6  # A line runs over at least this share of the image's width (or height)...
 LINE_THICKNESS = 0.5  # ... and is thinner than this share of the strokes' width.
 SPECK = 0.05  # Components smaller than this share of the largest one are specks.
-NEIGHBOUR = 0.5  # A cut-off bit of a neighbour is smaller than this share of the largest.
+WIDER = 1.5  # A cut-off bit above or below the digit is this much wider than the digit.
 SHARED_COLUMNS = 0.4  # Strokes sharing this share of the narrower one's columns are one digit.
 STRAY = 0.15  # Groups smaller than this share of the largest join their nearest neighbour.
-WIDE = 1.5  # A group wider than this times its height holds several digits...
-DIGIT_WIDTH = 0.8  # ... each about this times the height wide.
+SPLIT = 1.0  # A group wider than this times its height may hold several digits: it is cut ...
+VALLEY = 1.5  # ... where a column crosses at most this many strokes' widths of ink ...
+WIDE = 1.5  # ... or, wider than this times its height, at its thinnest column anyway;
+NARROWEST = 0.2  # no piece narrower than this times the height (a 1).
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity: diagonal pen strokes stay one component.
 
 
@@ -50,11 +52,15 @@ def clean(mask: np.ndarray) -> np.ndarray:
     return mask
   areas = np.bincount(labels.ravel())[1:]
   boxes = ndimage.find_objects(labels)
-  largest = int(np.argmax(areas))
-  keep = areas >= SPECK * areas[largest]
+  # The digit: the largest component, unless that is a line from edge to edge (a box's side).
+  spans = [
+    len(_touches(box, mask.shape, 0)) == 2 or len(_touches(box, mask.shape, 1)) == 2
+    for box in boxes
+  ]
+  main = boxes[int(np.argmax(areas * np.where(spans, 0.2, 1.0)))]
+  keep = areas >= SPECK * areas.max()
   for index, box in enumerate(boxes):
-    if keep[index] and index != largest and areas[index] < NEIGHBOUR * areas[largest]:
-      keep[index] = not _cut_neighbour(box, boxes[largest], mask.shape)
+    keep[index] &= not _cut_off(box, main, mask.shape)
   return keep[labels - 1] & mask
 
 
@@ -101,17 +107,27 @@ def _run_lengths(mask: np.ndarray, axis: int) -> np.ndarray:
   return lengths[labels]
 
 
-def _cut_neighbour(box: tuple[slice, slice], main: tuple[slice, slice], shape) -> bool:
-  """Whether a component is a bit of a neighbour or a box line that the crop cut.
+def _touches(box: tuple[slice, slice], shape: tuple[int, int], axis: int) -> set[int]:
+  """The edges across `axis` (0: top and bottom) that a box touches: 0 low, 1 high."""
+  return {
+    edge
+    for edge, touch in enumerate((box[axis].start == 0, box[axis].stop == shape[axis]))
+    if touch
+  }
 
-  It touches an edge that the main digit leaves free and lies wholly beyond the digit, across
-  that edge's direction (a 5's detached bar shares the digit's columns, so it stays).
+
+def _cut_off(box: tuple[slice, slice], main: tuple[slice, slice], shape) -> bool:
+  """Whether a component is a bit of a neighbour or of a box that the crop cut.
+
+  It touches an edge that the digit leaves free and lies wholly beyond the digit in that
+  direction; at the top or bottom it must also be wider than the digit (a 5's detached bar is
+  not), since digits are written side by side.
   """
   for axis in (0, 1):
-    beyond = box[1 - axis].stop <= main[1 - axis].start or box[1 - axis].start >= main[1 - axis].stop
-    low = box[1 - axis].start == 0 and main[1 - axis].start > 0
-    high = box[1 - axis].stop == shape[1 - axis] and main[1 - axis].stop < shape[1 - axis]
-    if beyond and (low or high):
+    free = _touches(box, shape, axis) - _touches(main, shape, axis)
+    beyond = box[axis].stop <= main[axis].start or box[axis].start >= main[axis].stop
+    wide = axis == 1 or (box[1].stop - box[1].start) > WIDER * (main[1].stop - main[1].start)
+    if free and beyond and wide:
       return True
   return False
 
@@ -155,26 +171,40 @@ def _union(boxes) -> tuple[slice, slice]:
 
 
 def _split(ink: np.ndarray, rows: slice, cols: slice) -> list[Part]:
-  """A group cut into digits at its thinnest columns when it is far wider than tall."""
+  """A group cut, recursively, at its thinnest column into digits as tall as it.
+
+  A group wider than tall is cut where a column crosses little ink (digits touching at a
+  point), if that leaves both sides at least half as tall as the group; a group far wider than
+  tall at the thinnest column that does.
+  """
   height, width = ink.shape
-  if width <= WIDE * height:
+  margin = max(1, round(NARROWEST * height))
+  if width <= SPLIT * height or width < 2 * margin + 1:
     return [Part((rows, cols), ink)]
-  count = max(2, round(width / (DIGIT_WIDTH * height)))
-  columns = ink.sum(axis=0)
-  step = width / count
-  cuts = [0]
-  for i in range(1, count):
-    low = round((i - 0.35) * step)
-    high = max(round((i + 0.35) * step), low + 1)
-    cuts.append(low + int(np.argmin(columns[low:high])))
-  cuts.append(width)
-  parts = []
-  for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
-    piece = ink[:, start:stop]
-    filled = np.nonzero(piece.any(axis=1))[0]
-    if filled.size == 0:
-      continue
-    top, bottom = filled[0], filled[-1] + 1
-    box = (slice(rows.start + top, rows.start + bottom), slice(cols.start + start, cols.start + stop))
-    parts.append(Part(box, piece[top:bottom]))
-  return parts
+  columns = ink.sum(axis=0).astype(np.float64)
+  distance = np.abs(np.arange(width) - width / 2) / width  # Prefers cuts near the middle.
+  limit = VALLEY * stroke_width(ink) if width <= WIDE * height else np.inf
+  for cut in margin + np.argsort((columns + distance)[margin : width - margin], kind='stable'):
+    if columns[cut] > limit:
+      break
+    pieces = [
+      _trimmed(ink[:, :cut], rows, cols.start),
+      _trimmed(ink[:, cut:], rows, cols.start + cut),
+    ]
+    if all(piece.mask.shape[0] >= 0.5 * height for piece in pieces):
+      return [part for piece in pieces for part in _split(piece.mask, *piece.slices)]
+    if width <= WIDE * height:  # Only the thinnest column may part a digit's width.
+      break
+  return [Part((rows, cols), ink)]
+
+
+def _trimmed(ink: np.ndarray, rows: slice, left: int) -> Part:
+  """A piece of a group, its empty rows and columns cut off."""
+  filled_rows = np.nonzero(ink.any(axis=1))[0]
+  filled_cols = np.nonzero(ink.any(axis=0))[0]
+  if filled_rows.size == 0:
+    return Part((slice(rows.start, rows.start), slice(left, left)), ink[:0, :0])
+  top, bottom = filled_rows[0], filled_rows[-1] + 1
+  start, stop = filled_cols[0], filled_cols[-1] + 1
+  box = (slice(rows.start + top, rows.start + bottom), slice(left + start, left + stop))
+  return Part(box, ink[top:bottom, start:stop])
