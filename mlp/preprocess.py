@@ -43,11 +43,13 @@ CENTRE = 14.0  # Mean centre of mass of MNIST digits, (row, column) in pixel ind
 WORKING_SIDE = 512  # Larger images are shrunk to this first: ample for a 20x20 result.
 THUMBNAIL_SIDE = 128  # Polarity and lighting are judged at this size.
 HIGH_PASS = 0.2  # Polarity is judged on detail finer than this share of the side.
+FLAT_SIDE = 64  # Images no larger are taken as evenly lit.
 WINDOWS = (0.06, 0.12, 0.24, 0.4)  # Closing windows tried, as shares of the longer side ...
 PLATEAU = 1.15  # ... until a wider one finds at most this much more ink.
 ANALYSIS = 4  # The ink is binarized at ANALYSIS times the box's resolution, then averaged.
 MIN_CONTRAST = 24  # Ink must differ from the background by this much (of 255)...
 NOISE_SIGMAS = 5  # ... and by this many standard deviations of the background noise.
+LEVELS = np.arange(256.0)
 MAX_PIXELS = 100_000_000  # Larger images are refused before decoding (memory, time).
 # Stroke width / longer side of the digit, as measured by `_stroke_ratio` on MNIST's test digits:
 # 1st percentile and median. Strokes thinner than the first are thickened to the second.
@@ -183,10 +185,13 @@ def find_ink(image: Image.Image) -> tuple[np.ndarray, float, float]:
   gray = _grayscale(image)
   scale = max(image.size) / max(gray.shape[::-1])
   small = _resize_array(gray, THUMBNAIL_SIDE) if max(gray.shape) > THUMBNAIL_SIDE else gray
-  dark = _is_dark_ink(small)
-  paper_small = _paper(small if dark else 255 - small)
+  dark, rough = _polarity(small)
   shaded = gray if dark else 255 - gray
-  paper = _upsize(paper_small, gray.shape) if paper_small.shape != gray.shape else paper_small
+  if max(gray.shape) <= FLAT_SIDE:  # A crop this small is evenly lit: one shade of paper.
+    paper = np.median(shaded[~rough]) if not rough.all() else shaded.max()
+  else:
+    paper = _paper(small if dark else 255 - small)
+    paper = _upsize(paper, gray.shape) if paper.shape != gray.shape else paper
   ink = np.clip(paper - shaded, 0, 255)
   noise = _noise(ink)
   radius = max(gray.shape) / 300
@@ -251,14 +256,16 @@ def _rough_ink(shaded: np.ndarray) -> tuple[np.ndarray, float]:
   return found[-1]
 
 
-def _is_dark_ink(gray: np.ndarray) -> bool:
-  """Whether the ink is darker than the paper (see the module's docstring, step 2)."""
+def _polarity(gray: np.ndarray) -> tuple[bool, np.ndarray]:
+  """Whether the ink is darker than the paper, and roughly where it is (module docstring, 2)."""
   sigma = HIGH_PASS * max(gray.shape)
   detail = np.clip(gray - ndimage.gaussian_filter(gray, sigma, mode='nearest') + 128, 0, 255)
   detail = detail.astype(np.uint8)
   dark = detail < _otsu(detail)
   border = np.concatenate([dark[0], dark[-1], dark[1:-1, 0], dark[1:-1, -1]])
-  return bool(border.mean() + 0.5 * dark.mean() <= 0.75)  # The ink has less of both.
+  if border.mean() + 0.5 * dark.mean() <= 0.75:  # The ink has less of both.
+    return True, dark
+  return False, ~dark
 
 
 def _paper(shaded: np.ndarray) -> np.ndarray:
@@ -288,13 +295,13 @@ def _noise(ink: np.ndarray) -> float:
 def _otsu(ink: np.ndarray) -> float:
   """Otsu's threshold of a uint8 image: the level that best splits it into two classes."""
   counts = np.bincount(ink.ravel(), minlength=256).astype(np.float64)
-  levels = np.arange(256)
   below = np.cumsum(counts)
-  mass = np.cumsum(counts * levels)
-  above = below[-1] - below
-  with np.errstate(divide='ignore', invalid='ignore'):
-    between = (mass[-1] * below - mass * below[-1]) ** 2 / (below * above)
-  return float(np.argmax(np.nan_to_num(between)))
+  mass = np.cumsum(counts * LEVELS)
+  product = below * (below[-1] - below)
+  between = np.divide(
+    (mass[-1] * below - mass * below[-1]) ** 2, product, out=np.zeros(256), where=product > 0
+  )
+  return float(np.argmax(between))
 
 
 def _binarize(crop: Image.Image, threshold: float, side: int) -> np.ndarray:

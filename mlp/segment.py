@@ -16,6 +16,7 @@ from scipy import ndimage
 from mlp.errors import UserError
 
 NO_DIGIT = 'no digit found: the image holds only lines or specks, no digit-like ink'
+LINED_SIDE = 64  # Smaller crops hold no ruled lines to remove.
 LINE_LENGTH = 0.6  # A line runs over at least this share of the image's width (or height)...
 LINE_THICKNESS = 0.5  # ... and is thinner than this share of the strokes' width.
 SPECK = 0.05  # Components smaller than this share of the largest one are specks.
@@ -39,14 +40,15 @@ class Part:
 
 def stroke_width(mask: np.ndarray) -> float:
   """Mean stroke width in pixels: twice the area over the perimeter."""
-  padded = np.pad(mask, 1)
-  perimeter = np.sum(padded[1:] != padded[:-1]) + np.sum(padded[:, 1:] != padded[:, :-1])
-  return 2 * mask.sum() / max(perimeter, 1)
+  inside = np.count_nonzero(mask[1:] != mask[:-1]) + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
+  edges = sum(np.count_nonzero(side) for side in (mask[0], mask[-1], mask[:, 0], mask[:, -1]))
+  return 2 * np.count_nonzero(mask) / max(inside + edges, 1)
 
 
 def clean(mask: np.ndarray) -> np.ndarray:
   """The ink mask without lines, specks and bits of neighbours (see the module docstring)."""
-  mask = _without_lines(mask)
+  if min(mask.shape) >= LINED_SIDE:
+    mask = _without_lines(mask)
   labels, count = ndimage.label(mask, EIGHT)
   if count <= 1:
     return mask
