@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from scipy import ndimage
 
 from mlp import segment
@@ -98,6 +98,48 @@ def load(path: str | Path) -> Image.Image:
       return decode(file)
   except OSError as error:
     raise UserError(f'cannot read: {error.strerror or error}') from None
+  except UserError as error:
+    if str(error).startswith('not an image') and path.suffix.lower() not in readable_suffixes():
+      raise UserError(f'unsupported format {path.suffix}: convert it to PNG or JPEG') from None
+    raise
+
+
+def prepare_file(path: Path, save_as: Path | None = None) -> list[Digit] | str:
+  """The digits of an image file, or why there are none; runs in worker processes.
+
+  save_as, if given, is a path without suffix under which the 28x28 inputs are saved (and, for
+  several digits, '<save_as>-boxes.png', the image with the digits' boxes drawn).
+  """
+  try:
+    image = load(path)
+    digits = read_digits(image)
+    if save_as is not None:
+      save_inputs(image, digits, save_as)
+    return digits
+  except UserError as error:
+    return str(error)
+  except Exception as error:  # A bug on one odd image must not stop a batch of thousands.
+    return f'cannot prepare this image ({type(error).__name__}: {error}); please report it'
+
+
+def save_inputs(image: Image.Image, digits: list[Digit], save_as: Path) -> None:
+  """Writes what the model reads: <save_as>.png, or <save_as>-<k>.png and the boxes drawn."""
+  try:
+    if len(digits) == 1:
+      Image.fromarray(digits[0].pixels[:, :, 0]).save(save_as.with_name(save_as.name + '.png'))
+      return
+    for k, digit in enumerate(digits):
+      Image.fromarray(digit.pixels[:, :, 0]).save(save_as.with_name(f'{save_as.name}-{k}.png'))
+    boxes = image.convert('RGB')
+    scale = image.info.get('scale', 1.0)
+    draw = ImageDraw.Draw(boxes)
+    width = max(1, round(max(boxes.size) / 200))
+    for digit in digits:
+      x0, y0, x1, y1 = (v / scale for v in digit.box)
+      draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(255, 0, 0), width=width)
+    boxes.save(save_as.with_name(save_as.name + '-boxes.png'))
+  except OSError as error:
+    raise UserError(f'cannot save the preprocessed image in {save_as.parent}: {error}') from None
 
 
 def load_bytes(data: bytes) -> Image.Image:

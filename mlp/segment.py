@@ -3,10 +3,10 @@
 Works on the ink mask that mlp/preprocess.py finds. `clean` drops what is not a digit: ruled or
 squared paper's lines and box lines (long straight runs much thinner than the strokes), specks
 (tiny beside the largest stroke) and bits of a neighbouring digit cut by the crop (touching an
-edge that the digit leaves free). `digits` then groups the strokes that share columns into one
-digit (a broken 5 or 4 stays whole) and cuts groups far wider than a digit at their thinnest
-columns (touching digits), so a house number or a year reads as several digits.
-"""
+edge that the digit leaves free). `digits` reads ink no wider than tall as one digit; wider ink
+is grouped into digits by the columns its strokes share (a broken 5 or 4 stays whole), and
+groups wider than tall are cut at thin columns (touching digits), so a house number or a year
+reads as several digits."""
 
 import dataclasses
 
@@ -73,6 +73,9 @@ def digits(mask: np.ndarray) -> list[Part]:
   if count == 0:
     raise UserError(NO_DIGIT)
   boxes = ndimage.find_objects(labels)
+  rows, cols = _union(boxes)
+  if cols.stop - cols.start <= SPLIT * (rows.stop - rows.start):  # No wider than one digit.
+    return [Part((rows, cols), mask[rows, cols])]
   groups = _groups(boxes, np.bincount(labels.ravel())[1:])
   parts = []
   for members in groups:
