@@ -25,8 +25,9 @@ SHARED_COLUMNS = 0.4  # Strokes sharing this share of the narrower one's columns
 STRAY = 0.15  # Groups smaller than this share of the largest join their nearest neighbour.
 SPLIT = 1.0  # A group wider than this times its height may hold several digits: it is cut ...
 VALLEY = 1.5  # ... where a column crosses at most this many strokes' widths of ink ...
-WIDE = 1.5  # ... or, wider than this times its height, at its thinnest column anyway;
-NARROWEST = 0.2  # no piece narrower than this times the height (a 1).
+WIDE = 2.0  # ... or, wider than this times its height, at its thinnest column anyway;
+NARROWEST = 0.2  # No piece is narrower than this times the digits' height (a 1) ...
+TALL = 0.65  # ... nor shorter than this times it.
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity: diagonal pen strokes stay one component.
 
 
@@ -77,11 +78,12 @@ def digits(mask: np.ndarray) -> list[Part]:
   if cols.stop - cols.start <= SPLIT * (rows.stop - rows.start):  # No wider than one digit.
     return [Part((rows, cols), mask[rows, cols])]
   groups = _groups(boxes, np.bincount(labels.ravel())[1:])
+  height = max(_height(_union(boxes[i] for i in group)) for group in groups)
   parts = []
   for members in groups:
     rows, cols = _union(boxes[i] for i in members)
     ink = np.isin(labels[rows, cols], [i + 1 for i in members])
-    parts.extend(_split(ink, rows, cols))
+    parts.extend(_split(ink, rows, cols, height))
   return sorted(parts, key=lambda part: part.slices[1].start)
 
 
@@ -138,7 +140,10 @@ def _cut_off(box: tuple[slice, slice], main: tuple[slice, slice], shape) -> bool
 
 
 def _groups(boxes: list[tuple[slice, slice]], areas: np.ndarray) -> list[list[int]]:
-  """Components sharing columns grouped into digits; strays joined to their nearest group."""
+  """Components sharing columns grouped into digits; strays joined to their nearest group.
+
+  Strays are groups with little ink or less than half as tall as the tallest (a 5's bar).
+  """
   order = sorted(range(len(boxes)), key=lambda i: boxes[i][1].start)
   groups: list[list[int]] = []
   for i in order:
@@ -153,19 +158,29 @@ def _groups(boxes: list[tuple[slice, slice]], areas: np.ndarray) -> list[list[in
     else:
       groups.append([i])
   mass = [areas[group].sum() for group in groups]
-  strays = [g for g, m in enumerate(mass) if m < STRAY * max(mass)]
+  heights = [_height(_union(boxes[i] for i in group)) for group in groups]
+  strays = [
+    g
+    for g, (m, h) in enumerate(zip(mass, heights, strict=True))
+    if m < STRAY * max(mass) or h < 0.5 * max(heights)
+  ]
   if len(strays) == len(groups):
     return groups
+  others = [g for g in range(len(groups)) if g not in strays]
   for g in strays:
-    centre = _centre(_union(boxes[i] for i in groups[g]))
-    others = [h for h in range(len(groups)) if h not in strays]
-    nearest = min(others, key=lambda h: abs(_centre(_union(boxes[i] for i in groups[h])) - centre))
+    span = _union(boxes[i] for i in groups[g])[1]
+    nearest = min(others, key=lambda h: _gap(span, _union(boxes[i] for i in groups[h])[1]))
     groups[nearest].extend(groups[g])
   return [group for g, group in enumerate(groups) if g not in strays]
 
 
-def _centre(box: tuple[slice, slice]) -> float:
-  return (box[1].start + box[1].stop) / 2
+def _height(box: tuple[slice, slice]) -> int:
+  return box[0].stop - box[0].start
+
+
+def _gap(a: slice, b: slice) -> int:
+  """Columns between two spans (0 if they overlap)."""
+  return max(a.start - b.stop, b.start - a.stop, 0)
 
 
 def _union(boxes) -> tuple[slice, slice]:
@@ -175,14 +190,14 @@ def _union(boxes) -> tuple[slice, slice]:
   )
 
 
-def _split(ink: np.ndarray, rows: slice, cols: slice) -> list[Part]:
-  """A group cut, recursively, at its thinnest column into digits as tall as it.
+def _split(ink: np.ndarray, rows: slice, cols: slice, height: int) -> list[Part]:
+  """A group cut, recursively, at its thinnest column into digits; `height`: the digits'.
 
-  A group wider than tall is cut where a column crosses little ink (digits touching at a
-  point), if that leaves both sides at least half as tall as the group; a group far wider than
-  tall at the thinnest column that does.
+  A group wider than a digit is cut where a column crosses little ink (digits touching at a
+  point), if that leaves both sides nearly as tall as the digits; a group far wider
+  than a digit at the thinnest column that does.
   """
-  height, width = ink.shape
+  width = ink.shape[1]
   margin = max(1, round(NARROWEST * height))
   if width <= SPLIT * height or width < 2 * margin + 1:
     return [Part((rows, cols), ink)]
@@ -196,8 +211,8 @@ def _split(ink: np.ndarray, rows: slice, cols: slice) -> list[Part]:
       _trimmed(ink[:, :cut], rows, cols.start),
       _trimmed(ink[:, cut:], rows, cols.start + cut),
     ]
-    if all(piece.mask.shape[0] >= 0.5 * height for piece in pieces):
-      return [part for piece in pieces for part in _split(piece.mask, *piece.slices)]
+    if all(piece.mask.shape[0] >= TALL * height for piece in pieces):
+      return [part for piece in pieces for part in _split(piece.mask, *piece.slices, height)]
     if width <= WIDE * height:  # Only the thinnest column may part a digit's width.
       break
   return [Part((rows, cols), ink)]
