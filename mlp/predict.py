@@ -162,7 +162,7 @@ def run(
           logging.info('%d/%d images, %.0f images/s.', done, len(paths), done / (last_log - start))
     except BrokenPipeError:  # The reader went away (| head): stop quietly.
       os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-      pool.shutdown(wait=False, cancel_futures=True)
+      pool.shutdown(cancel_futures=True)
       return 1 if failed else 0
   seconds = time.perf_counter() - start
   logging.info(

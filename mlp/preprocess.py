@@ -7,12 +7,12 @@ tight crop differs in everything else, so `find_ink` first recovers the ink:
 
 1. Grayscale; transparent pixels take the colour of the background (see `_flatten_alpha`).
 2. Polarity, on a thumbnail without its shading (a wide blur subtracted): of the dark and the
-   light pixels (Otsu's split), the ink is the side
-   that covers less of the image's border and area (weighted 2:1). The paper need not be the
-   majority nor surround the digit: in a tight crop ink touches the edges and covers up to 60%.
-3. Lighting: a grey closing wider than any stroke marks the ink roughly; the paper's shade is
-   then averaged locally over the other pixels, which removes a tint, a haze, a gradient,
-   vignetting or a soft shadow.
+   light pixels (Otsu's split), the ink is the side that covers less of the image's border and
+   area (weighted 2:1). The paper need not be the majority nor surround the digit: in a tight
+   crop ink touches the edges and may cover about half the pixels.
+3. Lighting: images up to FLAT_SIDE are taken as evenly lit. Larger ones: a grey closing just
+   wider than the strokes marks the ink roughly; the paper's shade is then averaged locally over
+   the other pixels, which removes a tint, a haze, a gradient, vignetting or a soft shadow.
 4. Otsu's threshold of the ink's contrast (never below the noise or a minimal contrast) marks the
    ink; mlp/segment.py drops ruled lines, specks and bits of neighbours and finds the digits.
    No ink is an error rather than a guess.
@@ -230,12 +230,17 @@ def find_ink(image: Image.Image) -> tuple[np.ndarray, float, float]:
   dark, rough = _polarity(small)
   shaded = gray if dark else 255 - gray
   if max(gray.shape) <= FLAT_SIDE:  # A crop this small is evenly lit: one shade of paper.
-    paper = np.median(shaded[~rough]) if not rough.all() else shaded.max()
+    # The paper side's lighter half: at this size its darker half is mostly the ink's grey rim.
+    paper = shaded[~rough] if not rough.all() else shaded.max(keepdims=True)
+    paper = paper[paper >= np.median(paper)]
+    level = float(np.median(paper))
+    ink = np.clip(level - shaded, 0, 255)
+    noise = max(1.4826 * float(np.median(np.abs(paper - level))), 1.0)
   else:
     paper = _paper(small if dark else 255 - small)
     paper = _upsize(paper, gray.shape) if paper.shape != gray.shape else paper
-  ink = np.clip(paper - shaded, 0, 255)
-  noise = _noise(ink)
+    ink = np.clip(paper - shaded, 0, 255)
+    noise = _noise(ink)
   radius = max(gray.shape) / 300
   if radius >= 0.5:  # Averages the noise out of the mask; moot for small images.
     ink = np.asarray(Image.fromarray(ink.astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)))

@@ -3,7 +3,7 @@
 Works on the ink mask that mlp/preprocess.py finds. `clean` drops what is not a digit: ruled or
 squared paper's lines and box lines (long straight runs much thinner than the strokes), specks
 (tiny beside the largest stroke) and bits of a neighbouring digit cut by the crop (touching an
-edge that the digit leaves free). `digits` reads ink no wider than tall as one digit; wider ink
+edge that the digit leaves free). `digits` reads ink hardly wider than tall as one digit; wider ink
 is grouped into digits by the columns its strokes share (a broken 5 or 4 stays whole), and
 groups wider than tall are cut at thin columns (touching digits), so a house number or a year
 reads as several digits."""
@@ -23,6 +23,7 @@ SPECK = 0.05  # Components smaller than this share of the largest one are specks
 WIDER = 1.5  # A cut-off bit above or below the digit is this much wider than the digit.
 SHARED_COLUMNS = 0.4  # Strokes sharing this share of the narrower one's columns are one digit.
 STRAY = 0.15  # Groups smaller than this share of the largest join their nearest neighbour.
+ONE_DIGIT = 1.25  # Ink at most this many times wider than tall is one digit (98% of MNIST's).
 SPLIT = 1.0  # A group wider than this times its height may hold several digits: it is cut ...
 VALLEY = 1.5  # ... where a column crosses at most this many strokes' widths of ink ...
 WIDE = 2.0  # ... or, wider than this times its height, at its thinnest column anyway;
@@ -75,7 +76,7 @@ def digits(mask: np.ndarray) -> list[Part]:
     raise UserError(NO_DIGIT)
   boxes = ndimage.find_objects(labels)
   rows, cols = _union(boxes)
-  if cols.stop - cols.start <= SPLIT * (rows.stop - rows.start):  # No wider than one digit.
+  if cols.stop - cols.start <= ONE_DIGIT * (rows.stop - rows.start):
     return [Part((rows, cols), mask[rows, cols])]
   groups = _groups(boxes, np.bincount(labels.ravel())[1:])
   height = max(_height(_union(boxes[i] for i in group)) for group in groups)

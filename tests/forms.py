@@ -125,7 +125,7 @@ def number(digits: list[np.ndarray], rng: np.random.Generator) -> Image.Image:
   """Digits written in a row, some spaced, some touching or overlapping a little."""
   height = int(rng.integers(50, 110))
   inks = [_scaled(_tight(d), round(height * rng.uniform(0.9, 1.0))) for d in digits]
-  gaps = [round(height * rng.uniform(-0.06, 0.3)) for _ in digits[1:]]
+  gaps = [round(height * rng.uniform(-0.03, 0.3)) for _ in digits[1:]]
   margin = height // 3
   width = sum(ink.shape[1] for ink in inks) + sum(gaps) + 2 * margin
   page = np.zeros((height + 2 * margin, max(width, 1)))

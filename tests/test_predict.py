@@ -192,7 +192,7 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(
   assert predict.run(workdir, images, 'text', None) == 1
   out = capsys.readouterr().out.splitlines()
   assert len(out) == 3
-  for line, name in zip(out, ('a_seven.png', 'f_seven.jpg'), strict=True):
+  for line, name in zip(out[:2], ('a_seven.png', 'f_seven.jpg'), strict=True):
     assert re.fullmatch(re.escape(str(tmp_path / 'folder' / name)) + r': \d \(\d+\.\d%\)', line)
   number = re.escape(str(tmp_path / 'folder' / 'g_number.png'))
   assert re.fullmatch(number + r': (\d{3}) \(\d \d \d; lowest probability \d+\.\d%\)', out[2])
@@ -214,7 +214,7 @@ def test_predict_bytes_answers_as_the_cli_without_a_path(tmp_path):
   seven(ink=0, paper=255).save(buffer, 'PNG')
   answer = predict.predict_bytes(buffer.getvalue(), classify)
   assert set(answer) == {'digit', 'probability', 'probabilities'}
-  expected = classify(preprocess.to_mnist(seven(ink=0, paper=255))[None])[0]
+  expected = classify(preprocess.read_digits(seven(ink=0, paper=255))[0].pixels[None])[0]
   np.testing.assert_allclose(answer['probabilities'], expected, rtol=1e-5)
   buffer = io.BytesIO()
   spaced_sevens(4).save(buffer, 'JPEG')
