@@ -36,7 +36,7 @@ BATCH_SIZE = 256
 PROGRESS_SECONDS = 5.0
 # Fewer images are prepared in this process: starting workers takes longer than they save.
 MIN_PARALLEL = 64
-CHUNK = 16  # Images per task sent to a worker.
+CHUNK = 32  # Images per task sent to a worker.
 SAVED_STEM = 80  # File names under --save_preprocessed keep this much of the image's name.
 
 Classify = Callable[[np.ndarray], np.ndarray]
