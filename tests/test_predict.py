@@ -198,6 +198,24 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(
   assert re.fullmatch(number + r': (\d{3}) \(\d \d \d; lowest probability \d+\.\d%\)', out[2])
 
 
+def test_worker_processes_answer_as_this_process(tmp_path, mock_mnist, capsys, monkeypatch):
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(tiny_config(tmp_path), workdir)
+  folder = tmp_path / 'many'
+  folder.mkdir()
+  for k in range(predict.MIN_PARALLEL):
+    seven(ink=0, paper=255, size=(140, 140), box=(30, 20, 100, 120)).save(folder / f'{k:03d}.png')
+  spaced_sevens().save(folder / 'number.png')
+  (folder / 'zz_empty.png').touch()
+  answers = {}
+  for cores in (1, 10**6):  # Worker processes, then this process.
+    monkeypatch.setattr(predict, 'MIN_CORES', cores)
+    assert predict.run(workdir, [str(folder)], 'json', None) == 1
+    answers[cores] = capsys.readouterr().out
+  assert len(set(answers.values())) == 1
+  assert len(answers[10**6].splitlines()) == predict.MIN_PARALLEL + 2
+
+
 def test_long_names_are_saved_shortened(tmp_path, mock_mnist, capsys):
   workdir = tmp_path / 'run'
   train.train_and_evaluate(tiny_config(tmp_path), workdir)
