@@ -156,7 +156,11 @@ def run(
   start = last_log = time.perf_counter()
   with _preparer(len(paths)) as pool:
     prepared = pool.map(preprocess.prepare_file, paths, saves, chunksize=CHUNK)
-    classify = load_classifier(workdir)  # While the workers start.
+    try:
+      classify = load_classifier(workdir)  # While the workers start.
+    except UserError:
+      pool.shutdown(cancel_futures=True)  # Fail now, not once every image is prepared.
+      raise
     try:
       for done, batch in _batches(paths, prepared):
         failed += _predict_batch(batch, classify, output)
