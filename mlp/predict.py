@@ -6,9 +6,9 @@ Command:
 Images are decoded and prepared the way MNIST's digits were (mlp/preprocess.py, which also
 splits a number into its digits), in worker processes on every core given 3 or more (see
 MIN_CORES), and classified in batches of BATCH_SIZE, the last one padded, so any number of
-images costs one compilation. Results go to stdout in input order, one line per input: a digit, a number, or (stderr, and in json
-{"path", "error"}) why there is none; one bad file never stops the others. A closed stdout
-(`| head`) ends the run quietly.
+images costs one compilation. Results go to stdout in input order, one line per input: a digit,
+a number, or (stderr, and in json {"path", "error"}) why there is none; one bad file never stops
+the others. A closed stdout (`| head`) ends the run quietly.
 
 For a web server, `predict_bytes(data, classify)` reads one uploaded image.
 """
