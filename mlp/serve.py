@@ -41,7 +41,7 @@ import jax
 import numpy as np
 import uvicorn
 from absl import logging
-from PIL import Image, ImageOps
+from PIL import Image
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -55,7 +55,7 @@ from mlp import checkpoint, configuration, predict, preprocess, reporting
 from mlp.errors import UserError
 
 MAX_BYTES = 10 * 1024 * 1024  # An upload's size; phone photos are 2-8 MB.
-MAX_PIXELS = 50_000_000  # Its width x height, checked from the header before decoding.
+MAX_PIXELS = preprocess.MAX_PIXELS  # Width x height, checked from the header before decoding.
 BUCKETS = (1, 8, 32, 128)  # Batch sizes the inference thread compiles, one program each.
 PREPARE_THREADS = max(os.cpu_count() or 1, 2)  # Decoding a photo takes tens of MB and ms.
 PAGE = Path(__file__).with_name('static') / 'index.html'
@@ -68,28 +68,6 @@ SECURITY_HEADERS = {
 RAW_TYPES = ('image/', 'application/octet-stream')
 
 Classify = Callable[[np.ndarray], np.ndarray]
-
-
-def predict_bytes(data: bytes, classify: Classify) -> dict:
-  """The prediction for an image file's bytes, as predict's json line minus "path".
-
-  Raises:
-    UserError: the bytes are not an image, or it looks blank (predict's one-line messages).
-  """
-  if not data:
-    raise UserError('empty file')
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      image.draft('L', (preprocess.WORKING_SIDE, preprocess.WORKING_SIDE))
-      image = ImageOps.exif_transpose(image)
-  except Image.UnidentifiedImageError:
-    raise UserError('not an image Pillow can read (PNG, JPEG, BMP, GIF, TIFF, ...)') from None
-  except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
-    raise UserError(f'damaged or truncated image ({error})') from None
-  pixels = preprocess.to_mnist(image)
-  result = predict.record(Path(), classify(pixels[None])[0])
-  del result['path']
-  return result
 
 
 class Batcher:
@@ -178,7 +156,7 @@ def _test_accuracy(metrics_file: Path) -> float | None:
 
 def _png_data_url(pixels: np.ndarray) -> str:
   buffer = io.BytesIO()
-  Image.fromarray(pixels[:, :, 0]).save(buffer, 'PNG')
+  Image.fromarray(pixels[:, :, 0] if pixels.shape[-1] == 1 else pixels).save(buffer, 'PNG')
   return 'data:image/png;base64,' + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -275,7 +253,7 @@ def make_app(workdir: Path, config, info: DatasetInfo, params, batcher: Batcher)
 
     def work() -> dict:
       _check_pixels(data)
-      return predict_bytes(data, classify)
+      return predict.predict_bytes(data, classify, info)
 
     try:
       result = await anyio.to_thread.run_sync(work, limiter=limiter)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 from flax import nnx
+from PIL import Image
 
 import input_pipeline
 from mlp import build, checkpoint, configuration, export, models, predict, sweep, train
@@ -35,7 +36,9 @@ def test_every_model_trains_resumes_evaluates_predicts_and_exports(tmp_path, moc
   ('name', 'shape', 'is_digits'),
   [('fashion_mnist', (28, 28, 1), False), ('cifar10', (32, 32, 3), False)],
 )
-def test_dataset_shapes_and_classes_come_from_tfds(tmp_path, mock_dataset, name, shape, is_digits):
+def test_dataset_shapes_and_classes_come_from_tfds(
+  tmp_path, mock_dataset, capsys, name, shape, is_digits
+):
   mock_dataset(name)
   overrides = {'data.name': name, 'augment.rotation': 10.0, 'optim.num_epochs': 1}
   for model in sorted(models.REGISTRY):
@@ -52,6 +55,12 @@ def test_dataset_shapes_and_classes_come_from_tfds(tmp_path, mock_dataset, name,
     assert train.evaluate_checkpoint(workdir)['test_accuracy'] == result['test_accuracy']
     _, _, restored, params = checkpoint.restore_for_inference(workdir)
     assert export.export(restored, params, shape).in_avals[0].shape[1:] == shape
+    photo = tmp_path / 'photo.png'
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 60, 3), np.uint8)).save(photo)
+    assert predict.run(workdir, [str(photo)], 'json', None) == 0
+    answer = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert answer['name'] == info.class_names[answer['class']]
+    assert len(answer['probabilities']) == 10
     for picture in ('confusion_matrix.png', 'misclassified.png'):
       assert (workdir / picture).stat().st_size > 1000
     with config.unlocked():

@@ -1,7 +1,9 @@
 """Predicting users' images: the CLI on MNIST digits disguised as photos, bad files, the export."""
 
+import io
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from conftest import MNIST_INFO, ROOT, tiny_config
 from PIL import Image
 from test_preprocess import seven
 
-from mlp import build, checkpoint, configuration, export, predict, steps, train
+from mlp import build, checkpoint, configuration, export, predict, preprocess, steps, train
 from mlp.errors import UserError
 
 
@@ -50,10 +52,8 @@ def test_cli_reads_photographed_digits_nearly_as_well_as_mnist(
   assert [Path(line['path']).name for line in lines] == [f'{i:05d}.jpg' for i in indices]
   labels = real_test_split.labels[indices]
   from_photos = np.mean([line['digit'] for line in lines] == labels)
-  _, info, model, params = checkpoint.restore_for_inference(trained_mnist_workdir)
-  in_memory = np.mean(
-    predict.classifier(model, params, info)(real_test_split.images[indices]).argmax(-1) == labels
-  )
+  classify = predict.load_classifier(trained_mnist_workdir)
+  in_memory = np.mean(classify(real_test_split.images[indices]).argmax(-1) == labels)
   assert from_photos >= 0.9 * in_memory, (from_photos, in_memory)
   for line in lines:
     assert line['probability'] == max(line['probabilities'])
@@ -100,8 +100,19 @@ def test_classifier_compiles_once_for_any_number_of_images(tmp_path, caplog):
     np.testing.assert_allclose(result, expected[:n], atol=1e-6)
 
 
+LONG_NAME = 'n' * 300 + '.png'
+
+
+def spaced_sevens(count: int = 3) -> Image.Image:
+  """A number: `count` sevens side by side with gaps, dark on white."""
+  row = Image.new('L', (40 + 160 * count, 280), 255)
+  for k in range(count):
+    row.paste(seven(ink=0, paper=255, box=(40, 40, 180, 240)).crop((20, 0, 200, 280)), (160 * k, 0))
+  return row
+
+
 def write_inputs(folder: Path) -> None:
-  """Two pictures of a 7 among every kind of file that holds no readable digit."""
+  """Pictures of a 7 and of 777 among every kind of file that holds no readable digit."""
   folder.mkdir()
   seven(ink=0, paper=255).save(folder / 'a_seven.png')
   Image.new('L', (100, 80), 255).save(folder / 'b_blank.png')
@@ -109,6 +120,11 @@ def write_inputs(folder: Path) -> None:
   (folder / 'd_notes.png').write_text('Not a picture, whatever its name says.\n')
   seven(ink=0, paper=255).save(folder / 'f_seven.jpg')
   (folder / 'e_truncated.jpg').write_bytes((folder / 'f_seven.jpg').read_bytes()[:1500])
+  spaced_sevens().save(folder / 'g_number.png')
+  Image.new('L', (500, 400), 255).save(folder / 'h_huge.png')  # Over the test's pixel limit.
+  (folder / 'i_vector.svg').write_text('<svg xmlns="http://www.w3.org/2000/svg"/>\n')
+  (folder / 'j_broken_link.png').symlink_to(folder / 'nowhere.png')
+  os.mkfifo(folder / 'k_fifo.png')
   (folder / 'readme.txt').write_text('Not an image file name: skipped.\n')
 
 
@@ -117,21 +133,30 @@ ERRORS = {
   'c_empty.jpg': 'empty file',
   'd_notes.png': 'not an image',
   'e_truncated.jpg': 'damaged or truncated image',
+  'h_huge.png': 'image too large: over the limit of 150,000 pixels',
+  'i_vector.svg': 'unsupported format .svg',
+  'j_broken_link.png': 'broken link',
+  'k_fifo.png': 'not a regular file',
   'missing.png': 'no such file',
   'empty_folder': 'a directory without image files',
+  LONG_NAME: 'cannot read: File name too long',
 }
-# The folder's images sorted, then the other two arguments.
+# The folder's images sorted, then the other arguments.
 ORDER = ['a_seven.png', 'b_blank.png', 'c_empty.jpg', 'd_notes.png', 'e_truncated.jpg']
-ORDER += ['f_seven.jpg', 'missing.png', 'empty_folder']
+ORDER += ['f_seven.jpg', 'g_number.png', 'h_huge.png', 'i_vector.svg', 'j_broken_link.png']
+ORDER += ['k_fifo.png', 'missing.png', 'empty_folder', LONG_NAME]
 
 
-def test_bad_inputs_are_reported_and_the_rest_predicted(tmp_path, mock_mnist, capsys, caplog):
+def test_bad_inputs_are_reported_and_the_rest_predicted(
+  tmp_path, mock_mnist, capsys, caplog, monkeypatch
+):
   workdir = tmp_path / 'run'
   train.train_and_evaluate(tiny_config(tmp_path), workdir)
   write_inputs(tmp_path / 'folder')
   (tmp_path / 'empty_folder').mkdir()
-  images = [str(tmp_path / name) for name in ('folder', 'missing.png', 'empty_folder')]
+  images = [str(tmp_path / name) for name in ('folder', 'missing.png', 'empty_folder', LONG_NAME)]
   seen = tmp_path / 'seen'
+  monkeypatch.setattr(preprocess, 'MAX_PIXELS', 150_000)
 
   with caplog.at_level(logging.ERROR):
     assert predict.run(workdir, images, 'json', str(seen)) == 1
@@ -140,19 +165,112 @@ def test_bad_inputs_are_reported_and_the_rest_predicted(tmp_path, mock_mnist, ca
   for name, line in zip(ORDER, lines, strict=True):
     if name in ERRORS:
       assert set(line) == {'path', 'error'} and line['error'].startswith(ERRORS[name])
+    elif name == 'g_number.png':
+      assert set(line) == {'path', 'number', 'digits'} and len(line['number']) == 3
+      assert [d['digit'] for d in line['digits']] == [int(c) for c in line['number']]
+      ink = np.asarray(Image.open(tmp_path / 'folder' / 'g_number.png')) < 128
+      expected = []
+      for k in range(3):
+        rows, cols = np.nonzero(ink[:, 160 * k : 160 * (k + 1) if k < 2 else None])
+        expected.append(
+          [160 * k + cols.min(), rows.min(), 160 * k + cols.max() + 1, rows.max() + 1]
+        )
+      np.testing.assert_allclose([d['box'] for d in line['digits']], expected, atol=2)
     else:
+      assert set(line) == {'path', 'digit', 'probability', 'probabilities'}
       assert line['digit'] in range(10) and len(line['probabilities']) == 10
   logged = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
   assert len(logged) == len(ERRORS) and all('\n' not in message for message in logged)
   assert all(any(f'{name}: {ERRORS[name]}' in message for message in logged) for name in ERRORS)
-  assert sorted(p.name for p in seen.iterdir()) == ['00000-a_seven.png', '00005-f_seven.png']
+  saved = ['00000-a_seven.png', '00005-f_seven.png', '00006-g_number-boxes.png']
+  saved += [f'00006-g_number-{k}.png' for k in range(3)]
+  assert sorted(p.name for p in seen.iterdir()) == sorted(saved)
   assert np.asarray(Image.open(seen / '00000-a_seven.png')).shape == (28, 28)
+  assert np.asarray(Image.open(seen / '00006-g_number-2.png')).shape == (28, 28)
+  assert Image.open(seen / '00006-g_number-boxes.png').size == (520, 280)
 
   assert predict.run(workdir, images, 'text', None) == 1
   out = capsys.readouterr().out.splitlines()
-  assert len(out) == 2
-  for line, name in zip(out, ('a_seven.png', 'f_seven.jpg'), strict=True):
+  assert len(out) == 3
+  for line, name in zip(out[:2], ('a_seven.png', 'f_seven.jpg'), strict=True):
     assert re.fullmatch(re.escape(str(tmp_path / 'folder' / name)) + r': \d \(\d+\.\d%\)', line)
+  number = re.escape(str(tmp_path / 'folder' / 'g_number.png'))
+  assert re.fullmatch(number + r': (\d{3}) \(\d \d \d; lowest probability \d+\.\d%\)', out[2])
+
+
+def test_worker_processes_answer_as_this_process(tmp_path, mock_mnist, capsys, monkeypatch):
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(tiny_config(tmp_path), workdir)
+  folder = tmp_path / 'many'
+  folder.mkdir()
+  for k in range(predict.MIN_PARALLEL):
+    seven(ink=0, paper=255, size=(140, 140), box=(30, 20, 100, 120)).save(folder / f'{k:03d}.png')
+  spaced_sevens().save(folder / 'number.png')
+  (folder / 'zz_empty.png').touch()
+  answers = {}
+  for cores in (1, 10**6):  # Worker processes, then this process.
+    monkeypatch.setattr(predict, 'MIN_CORES', cores)
+    assert predict.run(workdir, [str(folder)], 'json', None) == 1
+    answers[cores] = capsys.readouterr().out
+  assert len(set(answers.values())) == 1
+  assert len(answers[10**6].splitlines()) == predict.MIN_PARALLEL + 2
+
+
+def test_long_names_are_saved_shortened(tmp_path, mock_mnist, capsys):
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(tiny_config(tmp_path), workdir)
+  name = 's' * 250 + '.png'
+  seven(ink=0, paper=255).save(tmp_path / name)
+  assert predict.run(workdir, [str(tmp_path / name)], 'text', str(tmp_path / 'seen')) == 0
+  assert [len(p.name) for p in (tmp_path / 'seen').iterdir()] == [6 + predict.SAVED_STEM + 4]
+
+
+def test_predict_bytes_answers_as_the_cli_without_a_path(tmp_path):
+  model, params = build.build_model(tiny_config(tmp_path), MNIST_INFO)
+  classify = predict.classifier(model, params, MNIST_INFO)
+  buffer = io.BytesIO()
+  seven(ink=0, paper=255).save(buffer, 'PNG')
+  answer = predict.predict_bytes(buffer.getvalue(), classify, MNIST_INFO)
+  assert set(answer) == {'digit', 'probability', 'probabilities'}
+  expected = classify(preprocess.read_digits(seven(ink=0, paper=255))[0].pixels[None])[0]
+  np.testing.assert_allclose(answer['probabilities'], expected, rtol=1e-5)
+  buffer = io.BytesIO()
+  spaced_sevens(4).save(buffer, 'JPEG')
+  assert len(predict.predict_bytes(buffer.getvalue(), classify, MNIST_INFO)['number']) == 4
+  for data, message in [
+    (b'', 'empty file'),
+    (b'not an image at all', 'not an image'),
+    (blank_png(), 'no ink'),
+  ]:
+    with pytest.raises(UserError, match=message) as error:
+      predict.predict_bytes(data, classify, MNIST_INFO)
+    assert '\n' not in str(error.value)
+
+
+def blank_png() -> bytes:
+  buffer = io.BytesIO()
+  Image.new('L', (50, 50), 255).save(buffer, 'PNG')
+  return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_closed_stdout_ends_quietly(tmp_path, mock_mnist):
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(tiny_config(tmp_path), workdir)
+  folder = tmp_path / 'many'
+  folder.mkdir()
+  for k in range(predict.MIN_PARALLEL + 6):  # Prepared by worker processes.
+    seven(ink=0, paper=255, size=(140, 140), box=(30, 20, 100, 120)).save(folder / f'{k:03d}.png')
+  command = (
+    f'{sys.executable} main.py --mode=predict --workdir={workdir} --image={folder} | head -1'
+  )
+  result = subprocess.run(
+    ['bash', '-o', 'pipefail', '-c', command], cwd=ROOT, capture_output=True, text=True, timeout=300
+  )
+  assert result.stdout.startswith(str(folder / '000.png'))
+  assert 'Traceback' not in result.stderr and 'BrokenPipe' not in result.stderr, result.stderr[
+    -2000:
+  ]
 
 
 @pytest.mark.parametrize(

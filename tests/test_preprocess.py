@@ -1,5 +1,8 @@
 """mlp/preprocess.py on drawn pictures of a 7, as scans, photos and paint programs save them."""
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
@@ -160,3 +163,48 @@ def test_readable_suffixes_include_the_common_formats():
     '.tif',
     '.tiff',
   } <= preprocess.readable_suffixes()
+
+
+def png_header(width: int, height: int) -> bytes:
+  """A PNG that claims a size (its pixels are missing: only the header is read)."""
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+  header = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
+  return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IEND', b'')
+
+
+@pytest.mark.parametrize('size', [(20000, 20000), (12000, 9000)])
+def test_images_over_the_pixel_limit_are_refused_before_decoding(size):
+  with pytest.raises(UserError, match='image too large: over the limit of 100,000,000 pixels'):
+    preprocess.load_bytes(png_header(*size))
+
+
+@pytest.mark.parametrize('side', [8, 16, 64])
+@pytest.mark.parametrize('dark', [True, False], ids=['dark_ink', 'light_ink'])
+def test_a_seven_cropped_tight_is_found_at_any_size(side, dark, reference):
+  tight = seven(ink=0 if dark else 255, paper=255 if dark else 0).crop((49, 29, 212, 251))
+  small = tight.resize((round(side * tight.width / tight.height), side), Image.Resampling.BOX)
+  pixels = preprocess.to_mnist(small)
+  assert_like_mnist(pixels)
+  assert overlap(pixels, reference) > 0.5  # Thin at 28x28: one pixel of shift costs much.
+
+
+def test_numbers_are_split_into_digits_left_to_right():
+  row = Image.new('L', (700, 280), 255)
+  for k in range(3):
+    row.paste(seven(ink=0, paper=255).crop((40, 20, 220, 260)), (20 + 220 * k, 20))
+  digits = preprocess.read_digits(row)
+  assert [d.box[0] for d in digits] == sorted(d.box[0] for d in digits) and len(digits) == 3
+  for digit in digits:
+    assert_like_mnist(digit.pixels)
+
+
+def test_ruled_lines_alone_are_no_digit():
+  paper = Image.new('L', (300, 200), 240)
+  draw = ImageDraw.Draw(paper)
+  for y in range(20, 200, 30):
+    draw.line([(0, y), (300, y)], 150, 2)
+  with pytest.raises(UserError, match='no digit found'):
+    preprocess.read_digits(paper)
