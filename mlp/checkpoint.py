@@ -92,10 +92,11 @@ def finish(manager: ocp.CheckpointManager) -> None:
   try:
     manager.wait_until_finished()
     manager.check_for_errors()
-  except Exception as error:
-    raise _failed(manager, error) from None
-  finally:
     manager.close()
+  except Exception as error:
+    with contextlib.suppress(Exception):  # close() waits again, and raises the same error.
+      manager.close()
+    raise _failed(manager, error) from None
 
 
 @contextlib.contextmanager
