@@ -52,10 +52,12 @@ class Position:
 
 def open_manager(workdir: Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep,
+    max_to_keep=None if read_only else keep,
     enable_async_checkpointing=True,
-    cleanup_tmp_directories=True,
+    cleanup_tmp_directories=not read_only,
     read_only=read_only,
+    create=not read_only,
+    save_interval_steps=0 if read_only else 1,
   )
   return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
 
