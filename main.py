@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging as std_logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -169,10 +170,37 @@ class _OwnInfoOnly(std_logging.Filter):
     return own or record.levelno >= std_logging.WARNING
 
 
+def _flag_error(message: str) -> None:
+  sys.stderr.write(f'FATAL Flags parsing error: {message}\n')
+  sys.exit(1)
+
+
+def _config_file_error(error: Exception) -> str:
+  """One line for a config file that does not load: where it broke, and how."""
+  if isinstance(error, SyntaxError):
+    return f'{error.filename}, line {error.lineno}: {error.msg}; fix the config file.'
+  lines = [line.strip() for line in str(error).replace('\\n', '\n').splitlines() if line.strip()]
+  if 'Traceback (most recent call last):' in lines:  # ml_collections quotes the file's error.
+    lines = [lines[0], lines[-1]]
+  return ' '.join(lines)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, plus a one-line error for a config field that does not exist."""
+  """absl's parser, with one-line errors for config files and fields that do not work.
+
+  A config file is Python and runs here, while the flags are parsed: for every mode, --help
+  included.
+  """
+  config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  if config_arg is not None and not Path(config_arg.partition(':')[0]).is_file():
+    configs = sorted(p.name for p in Path(PROJECT_DIR, 'configs').glob('[!_]*.py'))
+    _flag_error(
+      f'--config={config_arg}: no such file; use one of configs/{", configs/".join(configs)}.'
+    )
   try:
-    return app.parse_flags_with_usage(argv)
+    return FLAGS(argv)
+  except flags.Error as error:
+    _flag_error(_config_file_error(error))
   except (AttributeError, KeyError) as error:  # What ml_collections raises for an unknown field.
     from mlp import configuration
 
@@ -180,11 +208,14 @@ def parse_flags(argv: list[str]) -> list[str]:
     field = name.split("'")[1] if "'" in name else name
     new = configuration.moved_to(field)
     hint = f'It is now {new}: --config.{new}=...' if new else hint
-    sys.stderr.write(f'FATAL Flags parsing error: unknown config field {name}. {hint}\n')
-    sys.exit(1)
+    _flag_error(f'unknown config field {name}. {hint}')
+  except Exception as error:  # A config file that raises, or does not compile.
+    _flag_error(_config_file_error(error))
 
 
 def main(argv: list[str]) -> None:
+  from mlp import stopping
+
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -193,6 +224,12 @@ def main(argv: list[str]) -> None:
   except UserError as error:
     logging.error('%s', error)
     sys.exit(1)
+  except stopping.Stopped as stopped:
+    logging.warning('%s', stopped)
+    sys.exit(stopped.exit_status)
+  except KeyboardInterrupt:
+    logging.error('Interrupted (Ctrl-C); checkpoints written so far are kept.')
+    sys.exit(stopping.EXIT_STATUS[signal.SIGINT])
 
 
 if __name__ == '__main__':

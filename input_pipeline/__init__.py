@@ -13,9 +13,11 @@ import importlib.util
 import json
 import os
 import socket
+import zipfile
 from pathlib import Path
 
 import numpy as np
+from absl import logging
 
 from input_pipeline import mnist_files
 from mlp.errors import UserError
@@ -177,13 +179,17 @@ def load_split(
   """One tfds split as NumPy arrays, decoded once and then read from a .npz cache.
 
   The cache is keyed by dataset, version, split and data directory and written atomically
-  (a temporary file, then a rename), so a killed process never leaves a broken cache.
+  (a temporary file, then a rename), so a killed process never leaves a broken cache; one
+  damaged otherwise (disk, user) is decoded again, with a warning.
   """
   data_path = resolve_data_dir(data_dir)
   cache_file = _cache_file(name, split, data_path, cache_dir)
   if cache_file is not None and cache_file.exists():
-    with np.load(cache_file) as cached:
-      return Split(cached['images'], cached['labels'], tuple(cached['class_names'].tolist()))
+    try:
+      with np.load(cache_file) as cached:
+        return Split(cached['images'], cached['labels'], tuple(cached['class_names'].tolist()))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+      logging.warning('Cache file %s is damaged (%r); decoding the split again.', cache_file, error)
   if cache_file is None:
     _check_can_download(name, data_path, download)
   if _reads_original_files(name, data_path):

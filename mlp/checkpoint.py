@@ -2,16 +2,22 @@
 
 Saves are asynchronous (training goes on while files are written) and atomic (orbax writes a
 temporary directory and renames it), so a killed run leaves only complete checkpoints. Each
-checkpoint is named by its optimizer step and carries the epoch and a format version.
-A damaged latest checkpoint is moved to <workdir>/checkpoints-unreadable, never deleted,
-and the one before it is used.
+checkpoint is named by its optimizer step and carries a format version and its Position: the
+epochs done and, for a run stopped mid-epoch, the steps and metric sums of the next epoch.
+When training resumes, a damaged latest checkpoint is set aside (process 0 moves it to
+<workdir>/checkpoints-unreadable, under a name of its own, never deleting it) and the one
+before it is used; read-only modes only skip it.
 """
 
+import contextlib
+import dataclasses
 import shutil
+import sys
 from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -20,30 +26,99 @@ from mlp import build, configuration, devices, steps
 from mlp.errors import UserError
 
 # Bump when the train state's structure changes; older checkpoints are then refused clearly.
-FORMAT_VERSION = 1
+# 2: the Position (epoch_steps, epoch_sums) beside the epoch.
+FORMAT_VERSION = 2
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_DIR = 'checkpoints-unreadable'
 
 
-def open_manager(workdir: Path, keep: int = 2) -> ocp.CheckpointManager:
+@dataclasses.dataclass(frozen=True)
+class Position:
+  """Where a checkpoint stands in training: epochs done, then steps into the next one.
+
+  sums are the metric sums of those steps (float32 values, exact in JSON), so that a run
+  resumed mid-epoch reports the same epoch means as one never stopped.
+  """
+
+  epoch: int = 0
+  epoch_steps: int = 0
+  epoch_sums: dict[str, float] | None = None
+
+  def sums(self) -> dict[str, np.ndarray] | None:
+    if self.epoch_sums is None:
+      return None
+    return {name: np.float32(value) for name, value in self.epoch_sums.items()}
+
+
+def open_manager(workdir: Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, enable_async_checkpointing=True, cleanup_tmp_directories=True
+    max_to_keep=None if read_only else keep,
+    enable_async_checkpointing=True,
+    cleanup_tmp_directories=not read_only,
+    read_only=read_only,
+    create=not read_only,
+    save_interval_steps=0 if read_only else 1,
   )
   return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
 
 
-def save(manager: ocp.CheckpointManager, state: steps.TrainState, epoch: int) -> None:
-  """Starts writing; returns once the state is copied off the device (it may be donated)."""
-  manager.save(
-    int(state.step),
-    args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      meta=ocp.args.JsonSave({'epoch': epoch, 'format_version': FORMAT_VERSION}),
-    ),
+def _failed(manager, error: Exception) -> UserError:
+  return UserError(
+    f'Writing a checkpoint in {manager.directory} failed ({_first_line(error)}); fix the cause '
+    '(disk space, permissions) and run the same command again to resume.'
   )
 
 
-def _restore(manager, step: int, abstract_state) -> tuple[steps.TrainState, int]:
+def save(manager: ocp.CheckpointManager, state: steps.TrainState, position: Position) -> None:
+  """Starts writing; returns once the state is copied off the device (it may be donated).
+
+  A step already on disk is kept: training is deterministic, so it holds this very state. An
+  earlier background save that failed is raised here as a UserError.
+  """
+  step = int(state.step)
+  meta = {'format_version': FORMAT_VERSION, **dataclasses.asdict(position)}
+  try:
+    manager.check_for_errors()
+    if step in manager.all_steps():
+      return
+    manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    )
+  except Exception as error:
+    raise _failed(manager, error) from None
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+  """Waits for the background save, then closes; a failed save is a UserError."""
+  try:
+    manager.wait_until_finished()
+    manager.check_for_errors()
+    manager.close()
+  except Exception as error:
+    with contextlib.suppress(Exception):  # close() waits again, and raises the same error.
+      manager.close()
+    raise _failed(manager, error) from None
+
+
+@contextlib.contextmanager
+def _quiet_unraisable():
+  """Drops the "Exception ignored" tracebacks of orbax's reader coroutines on damaged files.
+
+  The error itself reaches the caller; these are its echoes from coroutines left unawaited.
+  """
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda unraisable: None
+  try:
+    yield
+  finally:
+    import gc
+
+    gc.collect()
+    sys.unraisablehook = previous
+
+
+def _restore(manager, step: int, abstract_state) -> tuple[steps.TrainState, Position]:
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
   if meta.get('format_version') != FORMAT_VERSION:
     raise UserError(
@@ -54,7 +129,8 @@ def _restore(manager, step: int, abstract_state) -> tuple[steps.TrainState, int]
   restored = manager.restore(
     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
   )
-  return restored.state, meta['epoch']
+  position = Position(**{f.name: meta[f.name] for f in dataclasses.fields(Position)})
+  return restored.state, position
 
 
 def _first_line(error: Exception) -> str:
@@ -62,37 +138,68 @@ def _first_line(error: Exception) -> str:
   return f'{type(error).__name__}: {lines[0][:200] if lines else ""}'
 
 
-def restore_latest(
-  workdir: Path, abstract_state, keep: int = 2
-) -> tuple[ocp.CheckpointManager, steps.TrainState | None, int]:
-  """The manager, the latest readable state (None if there is none) and its epoch.
+def _set_aside(workdir: Path, paths: list[Path]) -> Path:
+  """Moves checkpoints to UNREADABLE_DIR, each under a name no earlier one has taken.
 
-  abstract_state (shapes, dtypes, shardings) says what the current config expects. Unreadable
-  checkpoints newer than a readable one are moved aside (so later saves cannot collide with
-  them); if none is readable, that is an error and nothing is moved.
+  Process 0 moves; the others wait for it, so that all then see the same checkpoints.
   """
-  manager = open_manager(workdir, keep)
+  aside = Path(workdir) / UNREADABLE_DIR
+  if devices.is_main_process():
+    aside.mkdir(exist_ok=True)
+    for path in paths:
+      target = aside / path.name
+      copies = 1
+      while target.exists():
+        target, copies = aside / f'{path.name}.{copies}', copies + 1
+      shutil.move(path, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices('checkpoints set aside')
+  return aside
+
+
+def restore_latest(
+  workdir: Path,
+  abstract_state,
+  keep: int = 2,
+  max_epoch: int | None = None,
+  read_only: bool = False,
+) -> tuple[ocp.CheckpointManager | None, steps.TrainState | None, Position]:
+  """The manager, the latest readable state (None if there is none) and its Position.
+
+  abstract_state (shapes, dtypes, shardings) says what the current config expects. Checkpoints
+  past max_epoch are passed over (kept). Unreadable checkpoints newer than a readable one are
+  set aside (so later saves cannot collide with them) unless read_only; if none is readable,
+  that is an error and nothing is moved. read_only opens no manager where there are no
+  checkpoints, so nothing is created (the manager is then None).
+  """
+  if read_only and not (Path(workdir) / CHECKPOINT_DIR).is_dir():
+    return None, None, Position()
+  manager = open_manager(workdir, keep, read_only)
   unreadable = []
   for step in reversed(manager.all_steps()):
     path = manager.directory / str(step)
     try:
-      state, epoch = _restore(manager, step, abstract_state)
+      with _quiet_unraisable():
+        state, position = _restore(manager, step, abstract_state)
     except UserError:
+      manager.close()
       raise
     except Exception as error:  # Orbax raises many types for damaged or mismatched files.
       logging.warning('Checkpoint %s cannot be read: %s', path, _first_line(error))
       unreadable.append((path, error))
       continue
-    if unreadable:
+    if max_epoch is not None and position.epoch > max_epoch:
+      logging.info('Passing over checkpoint %s: metrics.jsonl ends before it.', path)
+      continue
+    if unreadable and not read_only:
       manager.close()
-      aside = Path(workdir) / UNREADABLE_DIR
-      aside.mkdir(exist_ok=True)
-      for bad_path, _ in unreadable:
-        shutil.move(bad_path, aside / bad_path.name)
-      logging.warning('Moved unreadable checkpoints to %s; resuming from %s.', aside, path)
+      aside = _set_aside(workdir, [bad for bad, _ in unreadable])
+      logging.warning('Set unreadable checkpoints aside in %s; resuming from %s.', aside, path)
       manager = open_manager(workdir, keep)
-    logging.info('Restored checkpoint %s (epoch %d).', path, epoch)
-    return manager, state, epoch
+    logging.info('Restored checkpoint %s (%s).', path, position)
+    return manager, state, position
   if unreadable:
     manager.close()
     path, error = unreadable[0]
@@ -100,7 +207,7 @@ def restore_latest(
       f'Checkpoint {path} cannot be read, nor any before it ({_first_line(error)}); '
       'it may be damaged or from a different model: use a new workdir.'
     )
-  return manager, None, 0
+  return manager, None, Position()
 
 
 def abstract(tree):
@@ -119,8 +226,11 @@ def restore_for_inference(
   info = DatasetInfo.load(workdir)
   model, params = build.build_model(config, info)
   template = devices.replicate(build.init_state(config, model, params), devices.make_mesh())
-  manager, state, _ = restore_latest(workdir, abstract(template), config.run.keep_checkpoints)
-  manager.close()
+  manager, state, _ = restore_latest(
+    workdir, abstract(template), config.run.keep_checkpoints, read_only=True
+  )
+  if manager is not None:
+    manager.close()
   if state is None:
     raise UserError(
       f'No checkpoint in {Path(workdir) / CHECKPOINT_DIR}; train first: '

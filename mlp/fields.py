@@ -70,6 +70,10 @@ def widths(default: tuple[int, ...], role: Role, doc: str) -> Field:
     default,
     role,
     doc,
-    lambda value: len(value) >= 1 and all(int(n) >= 1 for n in value),
+    lambda value: (
+      isinstance(value, tuple | list)
+      and len(value) >= 1
+      and all(isinstance(n, int) and n >= 1 for n in value)
+    ),
     'one or more positive widths, such as 500,500',
   )

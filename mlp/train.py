@@ -1,10 +1,12 @@
 """The training loop: epochs, evaluation, logging and metrics.jsonl around the jitted steps."""
 
+import collections
+import contextlib
 import dataclasses
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -13,11 +15,14 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp import build, checkpoint, configuration, devices, reporting, steps
+from mlp import build, checkpoint, configuration, devices, reporting, steps, stopping
+from mlp import workdir as lock
 from mlp.errors import UserError
 from mlp.steps import TrainState
 
 PROGRESS_SECONDS = 5.0
+# A mean epoch loss this many times ln(classes), the loss of guessing, is divergence.
+DIVERGED_FACTOR = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,11 +95,20 @@ def place_eval_data(split: input_pipeline.Split, batch_size: int, mesh) -> tuple
   return tuple(devices.put(x, sharding) for x in input_pipeline.padded_batches(split, batch_size))
 
 
-def run_epoch(config, programs: Programs, state: TrainState, data: TrainData, epoch: int):
-  """Trains one epoch in calls of run.steps_per_call steps; returns state and metric sums.
+def epoch_calls(
+  config,
+  programs: Programs,
+  state: TrainState,
+  data: TrainData,
+  epoch: int,
+  start: int = 0,
+  total: steps.Sums | None = None,
+) -> Iterator[tuple[TrainState, steps.Sums, int]]:
+  """Trains one epoch in calls of run.steps_per_call steps, from step `start` of it.
 
-  The device is never waited on, except every PROGRESS_SECONDS to log how far a long epoch
-  has got (one call behind the newest dispatched one).
+  Yields the state, the metric sums so far (added to `total`) and the steps done after each
+  call: the boundaries where a run may stop and checkpoint. The device is never waited on,
+  except every PROGRESS_SECONDS to log how far a long epoch has got (one call behind).
   """
   indices, mask = input_pipeline.epoch_order(
     len(data.split), config.optim.batch_size, config.data.seed, epoch
@@ -102,10 +116,9 @@ def run_epoch(config, programs: Programs, state: TrainState, data: TrainData, ep
   num_steps = indices.shape[0]
   chunk = config.run.steps_per_call or num_steps
   sharding = devices.batch_sharded(programs.mesh, 1)
-  total = None
   last_report = time.perf_counter()
-  for start in range(0, num_steps, chunk):
-    rows = slice(start, start + chunk)
+  for first in range(start, num_steps, chunk):
+    rows = slice(first, first + chunk)
     if data.on_device is not None:
       batches = (indices[rows], mask[rows])
       train_on = programs.train_on_indices
@@ -115,9 +128,15 @@ def run_epoch(config, programs: Programs, state: TrainState, data: TrainData, ep
       state, sums = programs.train_on_batches(state, *(devices.put(x, sharding) for x in batches))
     if total is not None and time.perf_counter() - last_report > PROGRESS_SECONDS:
       jax.block_until_ready(total)
-      logging.info('Epoch %d: %d/%d steps', epoch, start, num_steps)
+      logging.info('Epoch %d: %d/%d steps', epoch, first, num_steps)
       last_report = time.perf_counter()
     total = sums if total is None else steps.add_sums(total, sums)
+    yield state, total, min(first + chunk, num_steps)
+
+
+def run_epoch(config, programs: Programs, state: TrainState, data: TrainData, epoch: int):
+  """Trains one whole epoch; returns the state and the metric sums."""
+  ((state, total, _),) = collections.deque(epoch_calls(config, programs, state, data, epoch), 1)
   return state, total
 
 
@@ -125,8 +144,8 @@ def default_workdir(config_name: str) -> Path:
   return Path('runs') / f'{config_name}-{time.strftime("%Y%m%d-%H%M%S")}'
 
 
-def _prepare_workdir(config, workdir: Path) -> None:
-  """Creates the workdir, or checks that resuming in it keeps the state and the results."""
+def _check_config(config, workdir: Path) -> None:
+  """Checks that resuming in workdir keeps the state and the results, then saves the config."""
   if (workdir / configuration.CONFIG_FILE).exists():
     conflicts = configuration.resume_conflicts(configuration.load(workdir), config)
     if conflicts:
@@ -134,31 +153,69 @@ def _prepare_workdir(config, workdir: Path) -> None:
         f'{workdir} holds a run with another config ({conflicts}); '
         'use a new --workdir or the same settings.'
       )
-  workdir.mkdir(parents=True, exist_ok=True)
   if devices.is_main_process():
     configuration.save(config, workdir)
 
 
-def _read_records(workdir: Path, last_epoch: int) -> list[dict]:
-  """The epoch records up to the checkpoint resumed from; later ones are rewritten."""
+def _read_records(workdir: Path) -> list[dict]:
+  """The epoch records of metrics.jsonl that are whole and in order: epochs 1, 2, ..., k.
+
+  A damaged line is dropped with a warning, with every line after it: the run resumes from a
+  checkpoint at or before epoch k and writes them again. The test line is always rewritten.
+  """
   path = workdir / reporting.METRICS_FILE
   if not path.exists():
     return []
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  return [r for r in records if r.get('epoch', last_epoch + 1) <= last_epoch]
+  records = []
+  for number, line in enumerate(path.read_text(errors='replace').splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      whole = isinstance(record, dict) and record.get('epoch', len(records) + 1) == len(records) + 1
+    except ValueError:
+      whole = False
+    if not whole:
+      logging.warning(
+        '%s: line %d is damaged; dropping it and the lines after it, which training from an '
+        'earlier checkpoint writes again.',
+        path,
+        number,
+      )
+      break
+    if 'epoch' in record:
+      records.append(record)
+  return records
+
+
+def diverged(train_loss: float, num_classes: int) -> bool:
+  """Whether an epoch's mean training loss says the run has diverged.
+
+  Guessing uniformly scores ln(classes), about where an untrained network starts; a mean ten
+  times worse than guessing is confidently wrong on most examples, which only a run whose
+  updates blew up reaches (a healthy one falls below ln(classes) within its first epoch).
+  """
+  return not np.isfinite(train_loss) or train_loss > DIVERGED_FACTOR * np.log(num_classes)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """Trains (or resumes in workdir), validating each epoch and testing at the end.
 
-  Returns the per-epoch records and the final test metrics, as written to metrics.jsonl.
+  Returns the per-epoch records and the final test metrics, as written to metrics.jsonl. On
+  SIGTERM or SIGINT it saves a checkpoint at the next step-call boundary and raises
+  stopping.Stopped. The workdir is locked while it runs.
   """
   configuration.validate(config)
   devices.check_batch_size(config.optim.batch_size, 'optim.batch_size')
   devices.check_batch_size(config.run.eval_batch_size, 'run.eval_batch_size')
   workdir = Path(workdir)
-  _prepare_workdir(config, workdir)
+  lock.prepare(workdir)
+  with lock.locked(workdir), stopping.StopRequests() as stop:
+    _check_config(config, workdir)
+    return _train(config, workdir, stop)
 
+
+def _train(config, workdir: Path, stop: stopping.StopRequests) -> dict:
   splits = input_pipeline.load_splits(config)
   if devices.is_main_process():
     splits.info.save(workdir)
@@ -177,13 +234,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   model, params = build.build_model(config, splits.info, steps_per_epoch)
   programs = compile_programs(model, mesh)
   train_state = devices.replicate(build.init_state(config, model, params), mesh)
-  manager, restored, done_epochs = checkpoint.restore_latest(
-    workdir, checkpoint.abstract(train_state), config.run.keep_checkpoints
+  records = _read_records(workdir)
+  manager, restored, position = checkpoint.restore_latest(
+    workdir, checkpoint.abstract(train_state), config.run.keep_checkpoints, len(records)
   )
   if restored is not None:
     train_state = restored
-  if done_epochs >= num_epochs:
-    logging.info('%s is complete (%d epochs); evaluating its checkpoint.', workdir, done_epochs)
+  if position.epoch >= num_epochs:
+    logging.info('%s is complete (%d epochs); evaluating its checkpoint.', workdir, position.epoch)
 
   train_data = place_train_data(config, splits.train, mesh)
   validation = place_eval_data(splits.validation, config.run.eval_batch_size, mesh)
@@ -191,20 +249,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if is_writer:
     reporting.preload_matplotlib()
   metrics = reporting.Metrics(
-    workdir, configuration.to_dict(config), _read_records(workdir, done_epochs), is_writer
+    workdir, configuration.to_dict(config), records[: position.epoch], is_writer
   )
+
+  def stop_here(state: TrainState, epoch: int, steps_done: int, sums) -> None:
+    """Saves the exact point reached and raises Stopped."""
+    at_end = steps_done == steps_per_epoch
+    checkpoint.save(
+      manager,
+      state,
+      checkpoint.Position(
+        epoch if at_end else epoch - 1,
+        0 if at_end else steps_done,
+        None if at_end else {k: float(v) for k, v in jax.device_get(sums).items()},
+      ),
+    )
+    raise stopping.Stopped(
+      f'Stopped by {stop.name} in epoch {epoch} after step {steps_done} of {steps_per_epoch}, '
+      f'with a checkpoint of that point; run the same command (--workdir={workdir}) to resume.',
+      stop.signum,
+    )
+
   try:
     epoch_seconds = []
-    for epoch in range(done_epochs + 1, num_epochs + 1):
+    for epoch in range(position.epoch + 1, num_epochs + 1):
       start = time.perf_counter()
-      train_state, train_sums = run_epoch(config, programs, train_state, train_data, epoch)
+      resume = position.epoch_steps if epoch == position.epoch + 1 else 0
+      calls = epoch_calls(
+        config,
+        programs,
+        train_state,
+        train_data,
+        epoch,
+        resume,
+        position.sums() if resume else None,
+      )
+      stopping_after_epoch = False
+      for train_state, train_sums, steps_done in calls:
+        if stop.requested((epoch - 1) * steps_per_epoch + steps_done):
+          if steps_done < steps_per_epoch:
+            stop_here(train_state, epoch, steps_done, train_sums)
+          stopping_after_epoch = True
       val_sums = programs.evaluate(train_state.params, *validation)
       record = {'epoch': epoch, **steps.summarize(train_sums, 'train_')}
       record.update(steps.summarize(val_sums, 'val_'))
-      if not np.isfinite(record['train_loss']):
+      if diverged(record['train_loss'], splits.info.num_classes):
         raise UserError(
-          f'The training loss became {record["train_loss"]} in epoch {epoch}; stopped without '
-          'writing a checkpoint. Lower optim.learning_rate in a new --workdir.'
+          f'The training loss became {record["train_loss"]:.4g} in epoch {epoch} (diverged); '
+          'stopped without writing a checkpoint. Lower optim.learning_rate and train into a '
+          'new --workdir.'
         )
       epoch_seconds.append(time.perf_counter() - start)
       record.update(
@@ -213,8 +306,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       eta = float(np.median(epoch_seconds)) * (num_epochs - epoch)
       metrics.write(epoch, record, f'Epoch {epoch}/{num_epochs}', f'ETA {eta:.0f}s')
       every = config.run.checkpoint_every_epochs
+      if stopping_after_epoch and epoch < num_epochs:
+        stop_here(train_state, epoch, steps_per_epoch, None)
       if every and (epoch % every == 0 or epoch == num_epochs):
-        checkpoint.save(manager, train_state, epoch)
+        checkpoint.save(manager, train_state, checkpoint.Position(epoch))
 
     test_images, test_labels, test_mask = place_eval_data(
       splits.test, config.run.eval_batch_size, mesh
@@ -236,9 +331,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         probabilities.reshape(-1, probabilities.shape[-1])[: len(splits.test)],
         splits.info.class_names,
       )
-  finally:
-    manager.wait_until_finished()  # Also when stopping early: the last save completes.
-    manager.close()
+  except BaseException:
+    with contextlib.suppress(UserError):  # The error in flight says more than a failed save.
+      checkpoint.finish(manager)
+    raise
+  checkpoint.finish(manager)  # The last save completes, or the run ends in a one-line error.
   return {'epochs': epochs, **test_metrics}
 
 

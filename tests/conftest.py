@@ -10,10 +10,13 @@ from mlp import configuration
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real MNIST as CI and developers have it beside the checkout (see README); TFDS_DATA_DIR,
-# where set, points the real-data tests at another copy.
+# where set, points the real-data tests at another copy. The two tests that compare or need
+# the array_record format read it from TFDS_ARRAY_RECORD_DIR, else ../shared.
 SHARED = ROOT.parent / 'shared'
 TFRECORD_DIR = Path(os.environ.get('TFDS_DATA_DIR') or SHARED / 'tensorflow_datasets')
-ARRAY_RECORD_DIR = SHARED / 'tensorflow_datasets_array_record'
+ARRAY_RECORD_DIR = Path(
+  os.environ.get('TFDS_ARRAY_RECORD_DIR') or SHARED / 'tensorflow_datasets_array_record'
+)
 MNIST_INFO = DatasetInfo('mnist', (28, 28, 1), DIGITS)
 
 

@@ -9,20 +9,20 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ARRAY_RECORD_DIR, ROOT, tiny_config
+from conftest import ROOT, TFRECORD_DIR, tiny_config
 
 from mlp import checkpoint, train
 from mlp.errors import UserError
 
 
 def cli_train(workdir, cache_dir, *overrides):
-  """A training process on real MNIST (array_record, decoded once into cache_dir)."""
+  """A training process on real MNIST (TFDS_DATA_DIR's copy, decoded once into cache_dir)."""
   command = [
     sys.executable,
     str(ROOT / 'main.py'),
     '--config=' + str(ROOT / 'configs/default.py'),
     f'--workdir={workdir}',
-    f'--config.data.dir={ARRAY_RECORD_DIR}',
+    f'--config.data.dir={TFRECORD_DIR}',
     f'--config.run.cache_dir={cache_dir}',
     '--config.run.compilation_cache=False',
     '--config.mlp.hidden_sizes=32',

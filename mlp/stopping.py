@@ -1,0 +1,64 @@
+"""Stopping a run on SIGTERM (a preempted VM's notice) or SIGINT (Ctrl-C) at a safe point.
+
+The handler only records the signal; the training loop asks `requested` at every step-call
+boundary, saves a checkpoint of that exact point and raises Stopped, which main.py turns into
+one line and the shell's status for the signal (143, 130). A second Ctrl-C stops at once.
+
+With several processes, all must stop at the same step. There, as orbax and JAX advise, JAX's
+preemption service (started by jax.distributed) takes SIGTERM and the processes agree on the
+step through multihost_utils.reached_preemption_sync_point; Ctrl-C keeps Python's default.
+"""
+
+import signal
+import threading
+
+import jax
+
+EXIT_STATUS = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+class Stopped(Exception):
+  """The run stopped on a signal after saving its checkpoint; args[0] says how to resume."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_status = EXIT_STATUS.get(signum, 1)
+
+
+class StopRequests:
+  """A context in which SIGTERM and SIGINT are recorded rather than acted on."""
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous = {}
+
+  def __enter__(self) -> 'StopRequests':
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+      for signum in EXIT_STATUS:
+        self._previous[signum] = signal.signal(signum, self._record)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  def _record(self, signum: int, frame) -> None:
+    if signum == signal.SIGINT and self.signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = self.signum or signum
+
+  def requested(self, step: int) -> bool:
+    """Whether to stop at this boundary; step must grow by boundary, the same in each process."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.signum = signal.SIGTERM
+      except RuntimeError:  # The preemption service is off (jax_enable_preemption_service).
+        pass
+    return self.signum is not None
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name if self.signum else ''
