@@ -18,6 +18,7 @@ flags.DEFINE_string('mode', 'train', 'What to do; see the table in `python main.
 flags.DEFINE_multi_string('image', [], 'predict: an image file or a directory of images.')
 flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: output format on stdout.')
 flags.DEFINE_string('save_preprocessed', None, 'predict: directory for the model inputs.')
+flags.DEFINE_string('export_file', None, 'export: where to write; default <workdir>.jax.')
 flags.DEFINE_integer('port', 8000, 'serve: the TCP port; 0 picks a free one.')
 flags.DEFINE_string(
   'host', '127.0.0.1', 'serve: the address to listen on; 0.0.0.0 exposes the model to your network.'
@@ -70,7 +71,7 @@ def _predict() -> int:
 def _export() -> int:
   from mlp import export
 
-  export.run(FLAGS.workdir)
+  export.run(FLAGS.workdir, FLAGS.export_file)
   return 0
 
 
@@ -110,7 +111,7 @@ MODES = {
   'predict': Mode(
     _predict, 'classify image files', 'workdir', ('image', 'output', 'save_preprocessed')
   ),
-  'export': Mode(_export, 'write a standalone jax.export model', 'workdir'),
+  'export': Mode(_export, 'write a standalone jax.export model', 'workdir', ('export_file',)),
   'serve': Mode(_serve, 'a web page and JSON API over the run', 'workdir', ('port', 'host')),
   'sweep': Mode(_sweep, 'tune (--config=configs/sweep.py)', 'config'),
   'check': Mode(_check, 'what matters on a new GPU/TPU machine, one table', 'config'),

@@ -1,14 +1,15 @@
 """A self-contained inference artifact: `python main.py --mode=export --workdir=DIR`.
 
-Writes DIR/export/model.jax, a serialized `jax.export.Exported` of images -> probabilities with
-the trained weights inside, lowered for CPU, CUDA and TPU. Loading it needs only JAX, not this
-codebase, its config or its checkpoints; JAX releases of about the next 6 months load it (its
-backward-compatibility window), so export again after upgrading past that:
+Writes DIR.jax beside the run directory (or --export_file), never into it: a serialized
+`jax.export.Exported` of images -> probabilities with the trained weights inside, lowered for
+CPU, CUDA and TPU. Loading it needs only JAX, not this codebase, its config or its
+checkpoints; JAX releases of about the next 6 months load it (its backward-compatibility
+window), so export again after upgrading past that:
 
   import jax
   import numpy as np
 
-  with open('DIR/export/model.jax', 'rb') as f:
+  with open('DIR.jax', 'rb') as f:
     model = jax.export.deserialize(f.read())
   images = np.zeros((5, 28, 28, 1), np.uint8)  # Any batch size; the run's image shape
   probabilities = model.call(images)  # float32 (5, classes)
@@ -24,9 +25,8 @@ import jax.numpy as jnp
 from absl import logging
 
 from mlp import checkpoint, steps
+from mlp.errors import UserError
 
-EXPORT_DIR = 'export'
-EXPORT_FILE = 'model.jax'
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 
 
@@ -37,13 +37,23 @@ def export(model: steps.Model, params, image_shape: tuple[int, ...]) -> jax.expo
   return jax.export.export(function, platforms=PLATFORMS)(images)
 
 
-def run(workdir: str | Path) -> Path:
-  """Exports the latest checkpoint of a workdir; returns the file written."""
+def default_path(workdir: str | Path) -> Path:
+  """<workdir>.jax, beside the run: read-only modes never write into a run directory."""
+  workdir = Path(workdir).absolute()
+  return workdir.with_name(workdir.name + '.jax')
+
+
+def run(workdir: str | Path, path: str | Path | None = None) -> Path:
+  """Exports the latest checkpoint of a workdir to path (default_path); returns the path."""
   _, info, model, params = checkpoint.restore_for_inference(Path(workdir))
-  path = Path(workdir) / EXPORT_DIR / EXPORT_FILE
-  path.parent.mkdir(exist_ok=True)
-  partial = path.with_suffix('.tmp')
-  partial.write_bytes(export(model, params, info.image_shape).serialize())
+  path = Path(path) if path else default_path(workdir)
+  if path.resolve().is_relative_to(Path(workdir).resolve()):
+    raise UserError(f'--export_file={path} is inside the run directory; write it elsewhere.')
+  partial = path.with_name(path.name + '.tmp')
+  try:
+    partial.write_bytes(export(model, params, info.image_shape).serialize())
+  except OSError as error:
+    raise UserError(f'Cannot write {partial}: {error.strerror or error}.') from None
   partial.replace(path)  # Atomic: a reader never sees half a file.
   logging.info(
     'Wrote %s (%d bytes); see mlp/export.py for how to load it.', path, path.stat().st_size

@@ -17,9 +17,10 @@ import jax
 import numpy as np
 import pytest
 from conftest import ROOT, prepare_mock, tiny_config
+from PIL import Image
 
 import input_pipeline
-from mlp import checkpoint, configuration, reporting, stopping, train
+from mlp import checkpoint, configuration, export, predict, reporting, stopping, train
 from mlp import workdir as lock
 from mlp.errors import UserError
 
@@ -311,3 +312,23 @@ def test_main_stops_on_a_signal_with_one_line_and_resumes(tmp_path, signum, stat
   resumed = run_main(*args, f'--workdir={workdir}')
   assert resumed.returncode == 0, resumed.stderr
   assert_same_run(workdir, tmp_path / 'straight')
+
+
+def test_read_only_modes_leave_the_workdir_as_it_was(tmp_path, mock_mnist, capsys):
+  """Eval, predict (saving its inputs elsewhere) and export: no file added, changed or removed."""
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(tiny_config(tmp_path), workdir)
+
+  def snapshot():
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(workdir.rglob('*'))}
+
+  before = snapshot()
+  train.evaluate_checkpoint(workdir)
+  image = tmp_path / 'digit.png'
+  Image.fromarray(np.pad(np.full((12, 4), 255, np.uint8), 8)).save(image)
+  assert predict.run(workdir, [str(image)], 'json', str(tmp_path / 'seen')) == 0
+  written = export.run(workdir)
+  assert written == tmp_path / 'run.jax' and written.stat().st_size > 1000
+  with pytest.raises(UserError, match='inside the run directory'):
+    export.run(workdir, workdir / 'model.jax')
+  assert snapshot() == before
