@@ -3,7 +3,8 @@
 No I/O and no Python state: every function maps arrays to arrays, so it is jitted once and
 runs whole epochs on the device under lax.scan. Metrics are dicts of sums that add up exactly
 across steps, batches and devices: `loss` and `correct` over `count` examples, and every other
-entry (one value per step) over `steps`; `summarize` turns them into means.
+entry (`call_metrics`, weighted by the steps of its call) over `steps`; `summarize` turns them
+into means.
 """
 
 from collections.abc import Callable
@@ -89,12 +90,22 @@ def train_step(model: Model, state: TrainState, images, labels, mask) -> tuple[T
   updates, opt_state = model.optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  # Per-step values, averaged over the epoch: adding a metric is one line here.
   sums['steps'] = jnp.ones((), jnp.float32)
-  sums['grad_norm'] = optax.tree.norm(grads)
-  sums['param_norm'] = optax.tree.norm(params)
-  sums['learning_rate'] = model.learning_rate(opt_state, state.step)
   return state, sums
+
+
+def call_metrics(model: Model, state: TrainState, images, labels, mask) -> dict[str, jax.Array]:
+  """What a call of steps ends with, on its last batch: adding a metric is one line here.
+
+  Computed once per call inside the same program, not in every step: per-step norms cost 15% of
+  the examples/s at batch 100 on the 2-core CPU.
+  """
+  grads, _ = jax.grad(loss_and_sums, has_aux=True)(state.params, model, images, labels, mask)
+  return {
+    'grad_norm': optax.tree.norm(grads),  # Without dropout or distortions.
+    'param_norm': optax.tree.norm(state.params),
+    'learning_rate': model.learning_rate(state.opt_state, state.step),
+  }
 
 
 def add_sums(a: Sums, b: Sums) -> Sums:
@@ -132,6 +143,10 @@ def _scan_train_steps(model: Model, state, xs, batch_of):
     jnp.zeros_like, jax.eval_shape(train_step, model, state, *batch_of(first))[1]
   )
   (state, total), _ = jax.lax.scan(body, (state, zeros), xs, unroll=SCAN_UNROLL)
+  # Weighted by the call's steps, so that an epoch of several calls averages their values.
+  last = batch_of(jax.tree.map(lambda x: x[-1], xs))
+  for name, value in call_metrics(model, state, *last).items():
+    total[name] = value * total['steps']
   return state, total
 
 
