@@ -1,6 +1,8 @@
 """Shared test setup: tiny configs, mocked tfds datasets and where the real MNIST is."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,17 @@ MNIST_INFO = DatasetInfo('mnist', (28, 28, 1), DIGITS)
 def pytest_configure(config):
   config.addinivalue_line(
     'markers', 'slow: real data, subprocesses or a browser; deselect with -m "not slow"'
+  )
+
+
+def run_main(*args: str, cwd=None) -> subprocess.CompletedProcess:
+  """main.py in a subprocess, as a user runs it; stdout and stderr captured as text."""
+  return subprocess.run(
+    [sys.executable, str(ROOT / 'main.py'), *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=cwd,
   )
 
 

@@ -1,12 +1,10 @@
 """main.py as a user meets it: config overrides, and one-line errors for bad input."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from absl import flags
-from conftest import ROOT, tiny_config
+from conftest import ROOT, run_main, tiny_config
 from ml_collections import config_flags
 
 from mlp import benchmark
@@ -32,16 +30,6 @@ def test_overrides_reach_the_config():
 def test_unknown_key_or_wrong_type_is_refused(bad):
   with pytest.raises((flags.IllegalFlagValueError, AttributeError)):
     parse(bad)
-
-
-def run_main(*args, cwd=None):
-  return subprocess.run(
-    [sys.executable, str(ROOT / 'main.py'), *args],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=cwd,
-  )
 
 
 def error_lines(stderr: str) -> list[str]:

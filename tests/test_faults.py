@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, prepare_mock, tiny_config
+from conftest import ROOT, prepare_mock, run_main, tiny_config
 from PIL import Image
 
 import input_pipeline
@@ -226,16 +226,6 @@ def test_background_save_error_is_one_line(tmp_path, mock_mnist, monkeypatch):
   with pytest.raises(UserError, match='Writing a checkpoint in .* failed.*No space') as error:
     train.train_and_evaluate(tiny_config(tmp_path), tmp_path / 'run')
   assert '\n' not in str(error.value)
-
-
-def run_main(*args, cwd=None):
-  return subprocess.run(
-    [sys.executable, str(ROOT / 'main.py'), *args],
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=cwd,
-  )
 
 
 def one_error_line(result, status=1) -> str:
