@@ -22,10 +22,20 @@ ARRAY_RECORD_DIR = Path(
 MNIST_INFO = DatasetInfo('mnist', (28, 28, 1), DIGITS)
 
 
+REAL_DATA_FIXTURES = {'real_cache_dir', 'real_config', 'real_test_split', 'trained_mnist_workdir'}
+
+
 def pytest_configure(config):
   config.addinivalue_line(
     'markers', 'slow: real data, subprocesses or a browser; deselect with -m "not slow"'
   )
+
+
+def pytest_collection_modifyitems(items):
+  """Every test on real MNIST is slow, whether or not it says so."""
+  for item in items:
+    if REAL_DATA_FIXTURES & set(getattr(item, 'fixturenames', ())):
+      item.add_marker(pytest.mark.slow)
 
 
 def run_main(*args: str, cwd=None) -> subprocess.CompletedProcess:
