@@ -139,7 +139,7 @@ def _read_with_tfds(name: str, split: str, data_dir: Path, download: bool) -> Sp
 def _check_can_download(name: str, data_dir: Path, download: bool) -> None:
   """Fails in seconds where tfds would retry a download for minutes and then fail."""
   where = f'No prepared {name!r} dataset in {data_dir}'
-  how = 'set --config.data_dir or TFDS_DATA_DIR to a tfds data directory that has it'
+  how = 'set --config.data.dir or TFDS_DATA_DIR to a tfds data directory that has it'
   if not download:
     raise UserError(f'{where}; {how}.')
   try:
