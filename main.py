@@ -10,7 +10,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mlp.errors import UserError
+from mlp.core.errors import UserError
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).')
 flags.DEFINE_string('workdir', None, 'Run directory; train: default a new one under ./runs/.')
@@ -39,7 +39,7 @@ DISTRIBUTED_FLAGS = ('distributed', 'coordinator_address', 'num_processes', 'pro
 
 
 def _train() -> int:
-  from mlp import train
+  from mlp.core import train
 
   config_name = Path(config_flags.get_config_filename(FLAGS['config'])).stem
   workdir = FLAGS.workdir or train.default_workdir(config_name)
@@ -49,46 +49,46 @@ def _train() -> int:
 
 
 def _eval() -> int:
-  from mlp import train
+  from mlp.core import train
 
   train.evaluate_checkpoint(FLAGS.workdir)
   return 0
 
 
 def _benchmark() -> int:
-  from mlp import benchmark
+  from mlp.tools import benchmark
 
   benchmark.run(FLAGS.config, FLAGS.workdir and Path(FLAGS.workdir))
   return 0
 
 
 def _predict() -> int:
-  from mlp import predict
+  from mlp.reader import predict
 
   return predict.run(FLAGS.workdir, FLAGS.image, FLAGS.output, FLAGS.save_preprocessed)
 
 
 def _export() -> int:
-  from mlp import export
+  from mlp.reader import export
 
   export.run(FLAGS.workdir, FLAGS.export_file)
   return 0
 
 
 def _check() -> int:
-  from mlp import accelerator_check
+  from mlp.tools import accelerator_check
 
   return accelerator_check.run(FLAGS.config)
 
 
 def _serve() -> int:
-  from mlp import serve
+  from mlp.reader import serve
 
   return serve.run(FLAGS.workdir, FLAGS.host, FLAGS.port)
 
 
 def _sweep() -> int:
-  from mlp import sweep
+  from mlp.tools import sweep
 
   sweep.run(FLAGS.config, FLAGS.workdir)
   return 0
@@ -143,7 +143,7 @@ def run(mode_name: str) -> int:
   mode = check_flags(mode_name)
   import jax
 
-  from mlp import configuration, devices
+  from mlp.core import configuration, devices
 
   devices.initialize_distributed(
     FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed
@@ -203,7 +203,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as error:
     _flag_error(_config_file_error(error))
   except (AttributeError, KeyError) as error:  # What ml_collections raises for an unknown field.
-    from mlp import configuration
+    from mlp.core import configuration
 
     name, _, hint = str(error).replace('\\n', '\n').replace("\\'", '').strip('\'"').partition('\n')
     field = name.split("'")[1] if "'" in name else name
@@ -215,7 +215,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-  from mlp import stopping
+  from mlp.core import stopping
 
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   if len(argv) > 1:

@@ -1,6 +1,6 @@
 """A deep MLP trained on distorted images: random affine maps and elastic distortions.
 
-Distortions are drawn per image and step inside the jitted training step (mlp/augment.py);
+Distortions are drawn per image and step inside the jitted training step (mlp/core/augment.py);
 validation and test images are never distorted. Weight decay and the cosine schedule come
 from configs/optimized.py; the deeper network takes a smaller step, and dropout is lower
 because the distortions regularise (0.1 beat 0.3 on validation in a 15-epoch sweep).

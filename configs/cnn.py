@@ -1,7 +1,7 @@
 """The convolutional network of Flax's MNIST example, on MNIST.
 
 conv 32 3x3, ReLU, avg-pool 2, conv 64 3x3, ReLU, avg-pool 2, Dense 256, ReLU, Dense 10
-(mlp/models/cnn.py), Adam with a cosine schedule, batch 128, 10 epochs.
+(mlp/core/models/cnn.py), Adam with a cosine schedule, batch 128, 10 epochs.
 
 Command:
   python main.py --config=configs/cnn.py

@@ -1,9 +1,9 @@
-"""The original Keras notebook: every field at the default that mlp/configuration.py declares.
+"""The original Keras notebook: every field at the default that mlp/core/configuration.py declares.
 
 tfds `mnist`, pixels / 255, 10% of train held out for validation (fixed by data.seed), batch
 100, MLP 784-50-50-10 ReLU, Adam 1e-3, sparse cross-entropy, 10 epochs. Each field, its
-default, its role and its purpose are declared once, in mlp/configuration.py (and the models'
-own fields in mlp/models/); variants import this file and override values.
+default, its role and its purpose are declared once, in mlp/core/configuration.py (and the models'
+own fields in mlp/core/models/); variants import this file and override values.
 
 Command:
   python main.py --config=configs/default.py
@@ -14,7 +14,7 @@ on the 2-core AMD EPYC CPU (Nov 2026).
 
 import ml_collections
 
-from mlp import configuration
+from mlp.core import configuration
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from input_pipeline import mnist_files
-from mlp.errors import UserError
+from input_pipeline.errors import UserError
 
 # Where tfds downloads MNIST from; checked before a download is tried.
 DOWNLOAD_HOST = 'storage.googleapis.com'

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from mlp.errors import UserError
+from input_pipeline.errors import UserError
 
 # Images, then labels, of each split, as tfds's MNIST builder names them.
 FILES = {

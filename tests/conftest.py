@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from input_pipeline import DIGITS, DatasetInfo
-from mlp import configuration
+from mlp.core import configuration
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real MNIST as CI and developers have it beside the checkout (see README); TFDS_DATA_DIR,
@@ -128,7 +128,7 @@ def real_config(real_cache_dir):
 @pytest.fixture(scope='session')
 def trained_mnist_workdir(tmp_path_factory, real_config) -> Path:
   """A workdir of the default config trained on real MNIST, shared by the tests that need one."""
-  from mlp import train
+  from mlp.core import train
 
   workdir = tmp_path_factory.mktemp('trained_default')
   train.train_and_evaluate(real_config, workdir)

@@ -7,8 +7,8 @@ import pytest
 from conftest import tiny_config
 
 from configs import default
-from mlp import ab, benchmark
-from mlp.errors import UserError
+from mlp.core.errors import UserError
+from mlp.tools import ab, benchmark
 
 
 def test_alternate_runs_abba_so_drift_hits_both_sides():

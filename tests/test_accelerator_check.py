@@ -3,7 +3,7 @@
 import pytest
 from conftest import tiny_config
 
-from mlp import accelerator_check
+from mlp.tools import accelerator_check
 
 
 @pytest.mark.slow  # A training run and four benchmarks: ~30 s quiet, ~60 s loaded.

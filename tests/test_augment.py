@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from mlp import augment
+from mlp.core import augment
 
 STRONG = augment.Distortion(
   rotation=15.0, scale=0.15, shear=15.0, translation=3.0, elastic_alpha=34.0, elastic_sigma=4.0

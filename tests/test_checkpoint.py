@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, TFRECORD_DIR, tiny_config
 
-from mlp import checkpoint, train
-from mlp.errors import UserError
+from mlp.core import checkpoint, train
+from mlp.core.errors import UserError
 
 
 def cli_train(workdir, cache_dir, *overrides):

@@ -7,7 +7,7 @@ from absl import flags
 from conftest import ROOT, run_main, tiny_config
 from ml_collections import config_flags
 
-from mlp import benchmark
+from mlp.tools import benchmark
 
 DEFAULT = str(ROOT / 'configs' / 'default.py')
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import MNIST_INFO, ROOT, tiny_config
 
-from mlp import build, checkpoint, devices, steps, train
-from mlp.errors import UserError
+from mlp.core import build, checkpoint, devices, steps, train
+from mlp.core.errors import UserError
 
 
 def test_batch_size_that_does_not_split_names_the_nearest_that_do(monkeypatch):

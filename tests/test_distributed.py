@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from mlp import checkpoint
+from mlp.core import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEMENTS = ('device', 'host')
@@ -35,7 +35,7 @@ def _worker(splits_file: str, workdir: str, result_file: str) -> None:
   from conftest import tiny_config
 
   import input_pipeline
-  from mlp import devices, train
+  from mlp.core import devices, train
 
   devices.initialize_distributed()  # From JAX_COORDINATOR_ADDRESS etc., when the test sets them.
   with np.load(splits_file) as data:

@@ -20,9 +20,10 @@ from conftest import ROOT, prepare_mock, run_main, tiny_config
 from PIL import Image
 
 import input_pipeline
-from mlp import checkpoint, configuration, export, predict, reporting, stopping, train
-from mlp import workdir as lock
-from mlp.errors import UserError
+from mlp.core import checkpoint, configuration, reporting, stopping, train
+from mlp.core import workdir as lock
+from mlp.core.errors import UserError
+from mlp.reader import export, predict
 
 DEFAULT = str(ROOT / 'configs' / 'default.py')
 TIMING = ('epoch_seconds', 'examples_per_sec')

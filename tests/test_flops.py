@@ -4,7 +4,7 @@ import pytest
 from conftest import MNIST_INFO
 
 from configs import default
-from mlp import flops
+from mlp.tools import flops
 
 IMAGE_SHAPE, NUM_CLASSES = MNIST_INFO.image_shape, MNIST_INFO.num_classes
 

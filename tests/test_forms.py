@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 from forms import jpeg50, number, ruled, shadowed, speckled, tight_crop, with_neighbour
 
-from mlp import predict
+from mlp.reader import predict
 
 PER_FORM = 120
 NUMBERS = 40  # Per length, 2 to 6 digits.

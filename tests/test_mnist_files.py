@@ -24,7 +24,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from input_pipeline import mnist_files
-from mlp.errors import UserError
+from mlp.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {'train': 30, 'test': 12}

@@ -9,8 +9,10 @@ from flax import nnx
 from PIL import Image
 
 import input_pipeline
-from mlp import build, checkpoint, configuration, export, models, predict, sweep, train
-from mlp.errors import UserError
+from mlp.core import build, checkpoint, configuration, models, train
+from mlp.core.errors import UserError
+from mlp.reader import export, predict
+from mlp.tools import sweep
 
 
 @pytest.mark.parametrize('model', sorted(models.REGISTRY))

@@ -5,7 +5,7 @@ import pytest
 from conftest import ARRAY_RECORD_DIR
 
 import input_pipeline
-from mlp.errors import UserError
+from mlp.core.errors import UserError
 
 
 def synthetic(n: int) -> input_pipeline.Split:

@@ -16,8 +16,9 @@ from conftest import MNIST_INFO, ROOT, tiny_config
 from PIL import Image
 from test_preprocess import seven
 
-from mlp import build, checkpoint, configuration, export, predict, preprocess, steps, train
-from mlp.errors import UserError
+from mlp.core import build, checkpoint, configuration, steps, train
+from mlp.core.errors import UserError
+from mlp.reader import export, predict, preprocess
 
 
 def as_users_photo(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:

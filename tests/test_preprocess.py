@@ -1,4 +1,4 @@
-"""mlp/preprocess.py on drawn pictures of a 7, as scans, photos and paint programs save them."""
+"""Preprocessing drawn pictures of a 7, as scans, photos and paint programs save them."""
 
 import struct
 import zlib
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from mlp import preprocess
-from mlp.errors import UserError
+from mlp.core.errors import UserError
+from mlp.reader import preprocess
 
 SIZE = (280, 280)
 BOX = (60, 40, 200, 240)  # Left, top, right, bottom of the 7: 140x200, MNIST's 14x20 scaled.

@@ -11,7 +11,7 @@ from PIL import Image
 from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
 
-from mlp import configuration, reporting
+from mlp.core import configuration, reporting
 
 DIGITS = tuple('0123456789')
 

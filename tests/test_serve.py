@@ -24,8 +24,9 @@ from conftest import MNIST_INFO, ROOT, tiny_config
 from PIL import Image
 from test_preprocess import seven
 
-from mlp import build, load_test, predict, preprocess, serve, steps
-from mlp.errors import UserError
+from mlp.core import build, steps
+from mlp.core.errors import UserError
+from mlp.reader import load_test, predict, preprocess, serve
 
 START_SECONDS = 180  # Importing JAX, restoring and compiling on a busy 2-core machine.
 REQUEST_LINE = re.compile(r'serve\.py:\d+\] \S+ (GET|POST) (\S+) (\d{3}) \d+B [\d.]+ms$')

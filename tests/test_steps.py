@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from conftest import MNIST_INFO, tiny_config
 
-from mlp import build, steps
+from mlp.core import build, steps
 
 
 def setup(tmp_path, overrides=None):

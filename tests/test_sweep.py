@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from mlp import configuration, models, sweep, train
-from mlp.errors import UserError
-from mlp.fields import Role
+from mlp.core import configuration, models, train
+from mlp.core.errors import UserError
+from mlp.core.fields import Role
+from mlp.tools import sweep
 
 SPACE = {
   'grid': {'optim.learning_rate': (1e-3, 3e-3), 'mlp.hidden_sizes': ((4,), (8, 8))},

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from mlp import checkpoint, configuration, train
-from mlp.errors import UserError
+from mlp.core import checkpoint, configuration, train
+from mlp.core.errors import UserError
 
 EPOCH_KEYS = {
   'epoch',

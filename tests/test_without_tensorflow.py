@@ -36,7 +36,7 @@ def _worker(tmp_path: str) -> None:
   hide_tensorflow()
   from conftest import ARRAY_RECORD_DIR, tiny_config
 
-  from mlp import train
+  from mlp.core import train
 
   config = tiny_config(
     Path(tmp_path), {'data.dir': str(ARRAY_RECORD_DIR), 'run.checkpoint_every_epochs': 0}

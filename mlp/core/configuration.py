@@ -3,7 +3,7 @@
 A config is an ml_collections.ConfigDict of groups: `data`, `optim`, `augment`, `run`,
 `benchmark`, one group per registered model (`mlp`, `cnn`, ...) and, at the top, `model` (which
 network) and `seed`. `defaults()` builds it from SCHEMA, and configs/*.py override its values.
-Each field's Role (mlp/fields.py) decides what a resume may change and what a sweep may vary.
+Each field's Role (mlp/core/fields.py) decides what a resume may change and what a sweep may vary.
 """
 
 import functools
@@ -14,10 +14,10 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-from mlp import models
-from mlp.errors import UserError
-from mlp.fields import Field, Role, at_least, choice, fraction, positive
-from mlp.optimizer import SCHEDULES
+from mlp.core import models
+from mlp.core.errors import UserError
+from mlp.core.fields import Field, Role, at_least, choice, fraction, positive
+from mlp.core.optimizer import SCHEDULES
 
 CONFIG_FILE = 'config.json'
 
@@ -25,7 +25,7 @@ _TOP = {
   'model': Field(
     'mlp',
     Role.RESULT,
-    'The network, by its name in mlp/models (its fields are the group of that name).',
+    'The network, by its name in mlp/core/models (its fields are the group of that name).',
     lambda name: name in models.REGISTRY,
     f'one of {", ".join(models.REGISTRY)}',
   ),
@@ -57,7 +57,7 @@ _OPTIM = {
   'warmup_epochs': at_least(0.0, 0.0, Role.RESULT, 'Linear warm-up from 0 over these epochs.'),
   'label_smoothing': fraction(0.0, Role.TRACED, 'Share of each target spread over all classes.'),
 }
-# Random distortions of training images on the device (mlp/augment.py), each drawn in [-x, x]
+# Random distortions of training images on the device (mlp/core/augment.py), each drawn in [-x, x]
 # per image; all 0: none, as in the notebook.
 _AUGMENT = {
   'rotation': at_least(0.0, 0.0, Role.RESULT, 'Degrees.'),
@@ -92,7 +92,7 @@ _BENCHMARK = {
   'compare': Field(
     '',
     Role.EXECUTION,
-    "A/B: 'group.field=value ...' for side B; epochs of both alternate (mlp/ab.py).",
+    "A/B: 'group.field=value ...' for side B; epochs of both alternate (mlp/tools/ab.py).",
   ),
 }
 GROUPS: dict[str, dict[str, Field]] = {

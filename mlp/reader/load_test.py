@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from absl import app, flags
 
-from mlp.errors import UserError
+from mlp.core.errors import UserError
 
 
 def require_loopback(url: str) -> None:

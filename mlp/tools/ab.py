@@ -5,7 +5,7 @@ A single run against a figure from another run can be off by 30% here. Alternati
 side's median and best cancels most of that.
 
 In one process, the benchmark alternates epochs of two configs (`--config.benchmark.compare`,
-see mlp/benchmark.py). For what a process reads at startup (XLA_FLAGS) or for whole-process
+see mlp/tools/benchmark.py). For what a process reads at startup (XLA_FLAGS) or for whole-process
 times, this module alternates whole commands:
 
   python -m mlp.ab --b_env=XLA_FLAGS=--xla_cpu_use_xnnpack=false -- \\
@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import ml_collections
 
-from mlp import configuration
-from mlp.errors import UserError
+from mlp.core import configuration
+from mlp.core.errors import UserError
 
 
 def alternate(a: Callable[[], float], b: Callable[[], float], rounds: int) -> tuple[list, list]:

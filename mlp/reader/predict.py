@@ -4,7 +4,7 @@ Command:
   python main.py --mode=predict --workdir=runs/default-... --image=photos/ [--output=json]
 
 For a digit dataset (DatasetInfo.is_digits) images are decoded and prepared the way MNIST's
-digits were (mlp/preprocess.py, which also splits a number into its digits); for any other
+digits were (mlp/reader/preprocess.py, which also splits a number into its digits); for any other
 dataset each picture is centre-cropped and resized to the dataset's image shape
 (preprocess.fit). Either way they are prepared in worker processes on every core given 3 or
 more (see MIN_CORES), and classified in batches of BATCH_SIZE, the last one padded, so any number of
@@ -31,8 +31,9 @@ import numpy as np
 from absl import logging
 
 from input_pipeline import DatasetInfo
-from mlp import checkpoint, devices, preprocess, steps
-from mlp.errors import UserError
+from mlp.core import checkpoint, devices, steps
+from mlp.core.errors import UserError
+from mlp.reader import preprocess
 
 BATCH_SIZE = 256
 PROGRESS_SECONDS = 5.0

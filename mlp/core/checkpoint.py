@@ -22,8 +22,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from input_pipeline import DatasetInfo
-from mlp import build, configuration, devices, steps
-from mlp.errors import UserError
+from mlp.core import build, configuration, devices, steps
+from mlp.core.errors import UserError
 
 # Bump when the train state's structure changes; older checkpoints are then refused clearly.
 # 2: the Position (epoch_steps, epoch_sums) beside the epoch.

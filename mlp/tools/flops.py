@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from input_pipeline import DatasetInfo
-from mlp import build, steps
+from mlp.core import build, steps
 
 # Dense (no sparsity) peak FLOP/s of one chip, by compute dtype at JAX's default matmul
 # precision: float32 matmuls run as one bfloat16 pass on TPUs and as TF32 on NVIDIA tensor

@@ -15,10 +15,10 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp import build, checkpoint, configuration, devices, reporting, steps, stopping
-from mlp import workdir as lock
-from mlp.errors import UserError
-from mlp.steps import TrainState
+from mlp.core import build, checkpoint, configuration, devices, reporting, steps, stopping
+from mlp.core import workdir as lock
+from mlp.core.errors import UserError
+from mlp.core.steps import TrainState
 
 PROGRESS_SECONDS = 5.0
 # A mean epoch loss this many times ln(classes), the loss of guessing, is divergence.

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mlp.fields import Role, positive, widths
+from mlp.core.fields import Role, positive, widths
 
 
 class CNN(nnx.Module):

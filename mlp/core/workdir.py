@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mlp.errors import UserError
+from mlp.core.errors import UserError
 
 LOCK_FILE = '.lock'
 

@@ -14,7 +14,8 @@ import ml_collections
 from absl import logging
 
 import input_pipeline
-from mlp import benchmark, configuration, devices, flops, train
+from mlp.core import configuration, devices, train
+from mlp.tools import benchmark, flops
 
 CHECK_EPOCHS = 2
 # The default MLP reaches about 95% after 2 epochs; below this something is broken.

@@ -6,10 +6,10 @@ import ml_collections
 from flax import nnx
 
 from input_pipeline import DatasetInfo
-from mlp import augment, models, steps
-from mlp.errors import UserError
-from mlp.fields import Role
-from mlp.optimizer import make_optimizer
+from mlp.core import augment, models, steps
+from mlp.core.errors import UserError
+from mlp.core.fields import Role
+from mlp.core.optimizer import make_optimizer
 
 
 def network(config: ml_collections.ConfigDict, info: DatasetInfo, key: jax.Array) -> nnx.Module:
@@ -37,7 +37,7 @@ def build_model(
   if jax.tree.leaves(other):
     raise UserError(
       f'Model {config.model!r} holds state besides parameters (such as BatchNorm statistics), '
-      'which the training step does not carry; see mlp/models/__init__.py.'
+      'which the training step does not carry; see mlp/core/models/__init__.py.'
     )
   # One compiled program: eagerly, each layer's init compiles on its own (0.9 s of a cold start).
   params = jax.jit(lambda seed: nnx.state(network(config, info, jax.random.key(seed)), nnx.Param))(

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mlp.fields import Field, Role, fraction, widths
+from mlp.core.fields import Field, Role, fraction, widths
 
 
 def _is_activation(name: str) -> bool:

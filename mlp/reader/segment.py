@@ -1,6 +1,6 @@
 """Which of an image's ink is digits, and which digit each stroke belongs to (left to right).
 
-Works on the ink mask that mlp/preprocess.py finds. `clean` drops what is not a digit: ruled or
+Works on the ink mask that preprocess.py finds. `clean` drops what is not a digit: ruled or
 squared paper's lines and box lines (long straight runs much thinner than the strokes), specks
 (tiny beside the largest stroke) and bits of a neighbouring digit cut by the crop (touching an
 edge that the digit leaves free). `digits` reads ink hardly wider than tall as one digit; wider ink
@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from mlp.errors import UserError
+from mlp.core.errors import UserError
 
 NO_DIGIT = 'no digit found: the image holds only lines or specks, no digit-like ink'
 LINED_SIDE = 64  # Smaller crops hold no ruled lines to remove.

@@ -6,7 +6,7 @@ A sweep config is a training config (the base) with a `sweep` section: `grid` ma
 values tried in every combination; `random` maps fields to distributions, `num_random` draws of
 which are each combined with every grid point; both nest as the config does
 ({'optim': {'learning_rate': ...}}). Trials that differ only in Role.TRACED fields
-(mlp/fields.py) train together, up to `max_parallel` at a time: one compiled program, jax.vmap
+(mlp/core/fields.py) train together, up to `max_parallel` at a time: one compiled program, jax.vmap
 over their parameters and optimizer states, the same batches for all.
 
 Trials train without checkpoints or pictures, all on the split of the base's data.seed, with
@@ -28,9 +28,9 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp import build, configuration, devices, steps, train
-from mlp.errors import UserError
-from mlp.fields import Role
+from mlp.core import build, configuration, devices, steps, train
+from mlp.core.errors import UserError
+from mlp.core.fields import Role
 
 RESULTS_FILE = 'sweep.jsonl'
 TABLE_FILE = 'sweep.md'
@@ -209,7 +209,7 @@ Written by python main.py --mode=sweep; train it with:
 
 import ml_collections
 
-from mlp import configuration
+from mlp.core import configuration
 
 
 def get_config() -> ml_collections.ConfigDict:

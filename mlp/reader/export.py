@@ -15,7 +15,7 @@ window), so export again after upgrading past that:
   probabilities = model.call(images)  # float32 (5, classes)
   digits = probabilities.argmax(axis=-1)
 
-For photos or scans of digits, mlp/preprocess.py (NumPy and Pillow only) makes such inputs.
+For photos or scans of digits, mlp/reader/preprocess.py (NumPy and Pillow only) makes such inputs.
 """
 
 from pathlib import Path
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mlp import checkpoint, steps
-from mlp.errors import UserError
+from mlp.core import checkpoint, steps
+from mlp.core.errors import UserError
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 
@@ -56,6 +56,6 @@ def run(workdir: str | Path, path: str | Path | None = None) -> Path:
     raise UserError(f'Cannot write {partial}: {error.strerror or error}.') from None
   partial.replace(path)  # Atomic: a reader never sees half a file.
   logging.info(
-    'Wrote %s (%d bytes); see mlp/export.py for how to load it.', path, path.stat().st_size
+    'Wrote %s (%d bytes); see mlp/reader/export.py for how to load it.', path, path.stat().st_size
   )
   return path

@@ -51,8 +51,9 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from input_pipeline import DatasetInfo
-from mlp import checkpoint, configuration, predict, preprocess, reporting
-from mlp.errors import UserError
+from mlp.core import checkpoint, configuration, reporting
+from mlp.core.errors import UserError
+from mlp.reader import predict, preprocess
 
 MAX_BYTES = 10 * 1024 * 1024  # An upload's size; phone photos are 2-8 MB.
 MAX_PIXELS = preprocess.MAX_PIXELS  # Width x height, checked from the header before decoding.

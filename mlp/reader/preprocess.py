@@ -14,7 +14,7 @@ tight crop differs in everything else, so `find_ink` first recovers the ink:
    wider than the strokes marks the ink roughly; the paper's shade is then averaged locally over
    the other pixels, which removes a tint, a haze, a gradient, vignetting or a soft shadow.
 4. Otsu's threshold of the ink's contrast (never below the noise or a minimal contrast) marks the
-   ink; mlp/segment.py drops ruled lines, specks and bits of neighbours and finds the digits.
+   ink; mlp/reader/segment.py drops ruled lines, specks and bits of neighbours and finds the digits.
    No ink is an error rather than a guess.
 5. Per digit: crop to its ink, binarize at 4x the box's resolution, thicken pen strokes much
    thinner than MNIST's, area-average into the 20x20 box, centre by mass (`to_model_input`).
@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from scipy import ndimage
 
-from mlp import segment
-from mlp.errors import UserError
+from mlp.core.errors import UserError
+from mlp.reader import segment
 
 FIELD = 28  # MNIST's canvas.
 BOX = 20  # The digit is scaled so that its longer side is this long.

@@ -23,7 +23,8 @@ from absl import logging
 from jax import monitoring
 
 import input_pipeline
-from mlp import ab, build, configuration, devices, flops, train
+from mlp.core import build, configuration, devices, train
+from mlp.tools import ab, flops
 
 _compile_seconds = [0.0]
 
@@ -47,7 +48,7 @@ def epoch_timer(
 
   Returns a function that trains one more epoch and returns its seconds, and the seconds spent
   compiling. num_models > 1 trains that many models (seeds 0, 1, ...) at once, as a sweep's
-  vmapped trials. Several timers can live side by side, to alternate settings (mlp/ab.py).
+  vmapped trials. Several timers can live side by side, to alternate settings (mlp/tools/ab.py).
   """
   mesh = mesh or devices.make_mesh()
   configs = [config.copy_and_resolve_references() for _ in range(num_models)]

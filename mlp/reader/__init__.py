@@ -1,0 +1,1 @@
+"""Reading digits in people's images: preprocessing, prediction, export and the web app."""
