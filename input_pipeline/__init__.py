@@ -28,6 +28,9 @@ INFO_FILE = 'dataset.json'
 DIGITS = tuple('0123456789')  # The class names of MNIST and the other digit datasets.
 # Part of every cache file's name: bump it when what a cache file holds changes.
 CACHE_FORMAT = 2
+# How a dataset's stored images are turned upright, by tfds name: EMNIST is stored transposed.
+# Splits load upright, so training and predict (which reads digits as people write them) agree.
+UPRIGHT = {'emnist': lambda images: images.transpose(0, 2, 1, 3)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +172,12 @@ def _cache_file(name: str, split: str, data_dir: Path, cache_dir) -> Path | None
   return Path(cache_dir or default_cache_dir()) / 'data' / file
 
 
+def upright(name: str, images: np.ndarray) -> np.ndarray:
+  """The images (N, H, W, C) of dataset `name` ('emnist/digits:3.0.0') the right way up."""
+  turn = UPRIGHT.get(name.partition(':')[0].partition('/')[0])
+  return images if turn is None else turn(images)
+
+
 def load_split(
   name: str,
   split: str,
@@ -180,8 +189,14 @@ def load_split(
 
   The cache is keyed by dataset, version, split and data directory and written atomically
   (a temporary file, then a rename), so a killed process never leaves a broken cache; one
-  damaged otherwise (disk, user) is decoded again, with a warning.
+  damaged otherwise (disk, user) is decoded again, with a warning. Images come upright.
   """
+  stored = _load_stored_split(name, split, data_dir, cache_dir, download)
+  return Split(upright(name, stored.images), stored.labels, stored.class_names)
+
+
+def _load_stored_split(name, split, data_dir, cache_dir, download) -> Split:
+  """One split as tfds stores it, from the cache or decoded (and then cached)."""
   data_path = resolve_data_dir(data_dir)
   cache_file = _cache_file(name, split, data_path, cache_dir)
   if cache_file is not None and cache_file.exists():

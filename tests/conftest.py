@@ -1,10 +1,21 @@
-"""Shared test setup: tiny configs, mocked tfds datasets and where the real MNIST is."""
+"""Shared test setup: tiers, tiny configs, mocked tfds datasets and where the real MNIST is.
 
+Tiers (markers): `unit` is the one-minute inner loop (pure functions, one contract test per
+model and per dataset, the one shared mock run); `integration` runs real programs,
+subprocesses and faults; `slow` needs real MNIST, the browser or the notebook. A module states
+its tier with `pytestmark`; a test that uses real data is slow whatever its module says.
+XLA's optimisations are off in tests, as in flax's own, and one compilation cache serves the
+whole session and the subprocesses it starts.
+"""
+
+import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import jax
 import pytest
 
 from input_pipeline import DIGITS, DatasetInfo
@@ -23,19 +34,40 @@ MNIST_INFO = DatasetInfo('mnist', (28, 28, 1), DIGITS)
 
 
 REAL_DATA_FIXTURES = {'real_cache_dir', 'real_config', 'real_test_split', 'trained_mnist_workdir'}
+TIERS = {
+  'unit': 'the quick tier: pure functions and contracts, no data copy, under a minute',
+  'integration': 'real programs: training runs, subprocesses, servers, faults',
+  'slow': 'real MNIST, the browser or the notebook',
+}
+# Compiled programs shared by this session and the main.py processes it starts.
+COMPILATION_CACHE = Path(tempfile.gettempdir()) / 'mnist-jax-test-compilation-cache'
+for name, value in {
+  'JAX_DISABLE_MOST_OPTIMIZATIONS': 'true',
+  'JAX_COMPILATION_CACHE_DIR': str(COMPILATION_CACHE),
+  'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+  'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
+}.items():
+  os.environ.setdefault(name, value)
+jax.config.update('jax_disable_most_optimizations', True)
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
 def pytest_configure(config):
-  config.addinivalue_line(
-    'markers', 'slow: real data, subprocesses or a browser; deselect with -m "not slow"'
-  )
+  for name, doc in TIERS.items():
+    config.addinivalue_line('markers', f'{name}: {doc}')
 
 
 def pytest_collection_modifyitems(items):
-  """Every test on real MNIST is slow, whether or not it says so."""
+  """Every test on real MNIST is slow; a test with no tier is integration."""
   for item in items:
     if REAL_DATA_FIXTURES & set(getattr(item, 'fixturenames', ())):
+      if item.get_closest_marker('unit'):
+        raise pytest.UsageError(f'{item.nodeid} reads real MNIST: move it out of the unit tier.')
       item.add_marker(pytest.mark.slow)
+    elif not any(item.get_closest_marker(name) for name in TIERS):
+      item.add_marker(pytest.mark.integration)
 
 
 def run_main(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -64,7 +96,8 @@ def tiny_config(tmp_path: Path, overrides: dict | None = None):
     'optim.num_epochs': 1,
     'data.dir': str(tmp_path / 'tfds'),
     'run.cache_dir': str(tmp_path / 'cache'),
-    'run.compilation_cache': False,
+    'run.compilation_cache': False,  # The session's cache (above) serves instead.
+    'run.pictures': False,  # Drawn only by the tests that check pictures.
     **(overrides or {}),
   }
   for path, value in values.items():
@@ -82,13 +115,12 @@ def prepare_mock(data_dir: Path, name: str) -> None:
   builder.info.write_to_directory(str(prepared))
 
 
-@pytest.fixture
-def mock_dataset(monkeypatch, tmp_path):
-  """Calls with a tfds name serve random examples of that dataset's shapes; no network.
+@contextlib.contextmanager
+def mocked_splits():
+  """While active, tfds names load random examples of that dataset's shapes; no network.
 
-  tiny_config's data_dir gets the dataset's metadata, so it reads as prepared and nothing tries
-  to download. The mock is active only while a split loads: it also redirects etils paths,
-  which orbax uses, so checkpoints written under it would land elsewhere.
+  The mock is active only while a split loads: it also redirects etils paths, which orbax
+  uses, so checkpoints written under it would land elsewhere.
   """
   import tensorflow_datasets as tfds
 
@@ -100,13 +132,37 @@ def mock_dataset(monkeypatch, tmp_path):
     with tfds.testing.mock_data(num_examples=60):
       return load_split(*args, **kwargs)
 
-  monkeypatch.setattr(input_pipeline, 'load_split', mocked)
-  return lambda name: prepare_mock(tmp_path / 'tfds', name)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(input_pipeline, 'load_split', mocked)
+    yield
+
+
+@pytest.fixture
+def mock_dataset(tmp_path):
+  """Mocked splits; calling it with a tfds name writes that dataset's metadata into
+  tiny_config's data dir, so it reads as prepared and nothing tries to download."""
+  with mocked_splits():
+    yield lambda name: prepare_mock(tmp_path / 'tfds', name)
 
 
 @pytest.fixture
 def mock_mnist(mock_dataset):
   mock_dataset('mnist')
+
+
+@pytest.fixture(scope='session')
+def mock_trained_workdir(tmp_path_factory) -> Path:
+  """One tiny MLP trained 2 epochs on mock MNIST, shared by the tests that only read a run.
+
+  Its data dir holds mock metadata: a test that loads its data uses the mock_dataset fixture.
+  """
+  from mlp.core import train
+
+  base = tmp_path_factory.mktemp('mock_trained')
+  prepare_mock(base / 'tfds', 'mnist')
+  with mocked_splits():
+    train.train_and_evaluate(tiny_config(base, {'optim.num_epochs': 2}), base / 'run')
+  return base / 'run'
 
 
 @pytest.fixture(scope='session')

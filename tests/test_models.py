@@ -1,98 +1,102 @@
-"""Every registered model and several datasets through the whole path, on tfds mock data."""
+"""The contract every registered model keeps, and every dataset: one cheap test each.
 
-import json
+A model: it initialises for the dataset's shapes, a step lowers the loss on its batch, its state
+(if any) moves in training and not in evaluation, trials of it train vmapped as they do alone,
+and the exported model answers as the training code does. A dataset: its shapes and classes
+come from tfds, its images are turned upright, and a step trains on it.
+"""
 
+import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
-from flax import nnx
-from PIL import Image
+from conftest import MNIST_INFO, tiny_config
 
 import input_pipeline
-from mlp.core import build, checkpoint, configuration, models, train
-from mlp.core.errors import UserError
-from mlp.reader import export, predict
-from mlp.tools import sweep
+from mlp.core import build, configuration, models, steps, trainer
+from mlp.reader import export
+
+pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize('model', sorted(models.REGISTRY))
-def test_every_model_trains_resumes_evaluates_predicts_and_exports(tmp_path, mock_mnist, model):
-  config = tiny_config(tmp_path, {'model': model, 'optim.num_epochs': 2})
-  straight = train.train_and_evaluate(config, tmp_path / 'straight')
-  configuration.assign(config, 'optim.num_epochs', 1)
-  train.train_and_evaluate(config, tmp_path / 'run')
-  configuration.assign(config, 'optim.num_epochs', 2)
-  resumed = train.train_and_evaluate(config, tmp_path / 'run')
-  assert resumed == {**straight, 'epochs': resumed['epochs']}
+def batch(info: input_pipeline.DatasetInfo, n: int = 8, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (n, *info.image_shape), dtype=np.uint8)
+  return images, rng.integers(0, info.num_classes, n).astype(np.int32), np.ones(n, bool)
 
-  evaluated = train.evaluate_checkpoint(tmp_path / 'run')
-  assert evaluated['test_accuracy'] == resumed['test_accuracy']
-  _, info, restored_model, params = checkpoint.restore_for_inference(tmp_path / 'run')
-  images = np.random.default_rng(0).integers(0, 256, (5, *info.image_shape), np.uint8)
-  probabilities = predict.classifier(restored_model, params, info)(images)
-  exported = export.export(restored_model, params, info.image_shape)
-  np.testing.assert_allclose(exported.call(images), probabilities, atol=1e-5)
+
+def one_step(config, info, data):
+  model, variables = build.build_model(config, info, steps_per_epoch=1)
+  state = build.init_state(config, model, variables)
+  return model, state, jax.jit(lambda s: steps.train_step(model, s, *data))(state)
+
+
+@pytest.mark.parametrize('name', sorted(models.REGISTRY))
+def test_model_contract(tmp_path, name):
+  config = tiny_config(tmp_path, {'model': name})
+  data = batch(MNIST_INFO)
+  model, state, (trained, sums) = one_step(config, MNIST_INFO, data)
+  assert float(sums['count']) == len(data[1])
+  loss = lambda s: steps.loss_and_sums(s.params, model, s.model_state, *data)[0]  # noqa: E731
+  assert float(loss(trained)) < float(loss(state))
+
+  # Other state moves with training passes and stays put in evaluation.
+  if jax.tree.leaves(state.model_state):
+    moved = jax.tree.map(lambda a, b: bool((a != b).any()), state.model_state, trained.model_state)
+    assert any(jax.tree.leaves(moved))
+    _, after_eval = steps.forward(model, trained.variables, data[0])
+    assert jax.tree.all(jax.tree.map(np.array_equal, after_eval, trained.model_state))
+
+  # Two trials vmapped in one program train as each does alone.
+  rates = {'optim.learning_rate': (1e-3, 3e-3)}
+  trials = [
+    tiny_config(tmp_path, {'model': name, 'optim.learning_rate': lr})
+    for lr in rates['optim.learning_rate']
+  ]
+  run, stacked = trainer.setup(trials, MNIST_INFO, input_pipeline.Split(*data[:2], ()))
+  together, _ = run.programs.train_on_batches(stacked, *(x[None] for x in data))
+  for i, trial in enumerate(trials):
+    alone = one_step(trial, MNIST_INFO, data)[2][0]
+    for vmapped, single in zip(
+      jax.tree.leaves(together.params), jax.tree.leaves(alone.params), strict=True
+    ):
+      np.testing.assert_allclose(vmapped[i], single, rtol=2e-5, atol=1e-6)
+
+  # The exported model answers as the training code does.
+  exported = export.export(model, trained.variables, MNIST_INFO.image_shape)
+  np.testing.assert_allclose(
+    exported.call(data[0]), steps.probabilities(model, trained.variables, data[0]), atol=1e-5
+  )
 
 
 @pytest.mark.parametrize(
   ('name', 'shape', 'is_digits'),
-  [('fashion_mnist', (28, 28, 1), False), ('cifar10', (32, 32, 3), False)],
+  [
+    ('mnist', (28, 28, 1), True),
+    ('fashion_mnist', (28, 28, 1), False),
+    ('emnist/digits', (28, 28, 1), True),
+    ('cifar10', (32, 32, 3), False),
+  ],
 )
-def test_dataset_shapes_and_classes_come_from_tfds(
-  tmp_path, mock_dataset, capsys, name, shape, is_digits
-):
+def test_dataset_contract(tmp_path, mock_dataset, name, shape, is_digits):
   mock_dataset(name)
-  overrides = {'data.name': name, 'augment.rotation': 10.0, 'optim.num_epochs': 1}
-  for model in sorted(models.REGISTRY):
-    workdir = tmp_path / model
-    config = tiny_config(tmp_path, {**overrides, 'model': model})
-    train.train_and_evaluate(config, workdir)
-    configuration.assign(config, 'optim.num_epochs', 2)
-    result = train.train_and_evaluate(config, workdir)  # Resumed from epoch 1.
-    assert [r['epoch'] for r in result['epochs']] == [1, 2]
-    info = input_pipeline.DatasetInfo.load(workdir)
-    assert info.image_shape == shape and info.num_classes == 10
-    assert info.is_digits == is_digits
-    assert json.loads((workdir / 'dataset.json').read_text())['name'] == name
-    assert train.evaluate_checkpoint(workdir)['test_accuracy'] == result['test_accuracy']
-    _, _, restored, params = checkpoint.restore_for_inference(workdir)
-    assert export.export(restored, params, shape).in_avals[0].shape[1:] == shape
-    photo = tmp_path / 'photo.png'
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 60, 3), np.uint8)).save(photo)
-    assert predict.run(workdir, [str(photo)], 'json', None) == 0
-    answer = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert answer['name'] == info.class_names[answer['class']]
-    assert len(answer['probabilities']) == 10
-    for picture in ('confusion_matrix.png', 'misclassified.png'):
-      assert (workdir / picture).stat().st_size > 1000
-    with config.unlocked():
-      config.sweep = {'grid': {'optim': {'learning_rate': (1e-3, 3e-3)}}, 'random': {}}
-      config.sweep.update(num_random=0, seed=0, max_parallel=2)
-    records = [sweep.run(config, tmp_path / f'sweep-{model}')]
-    lines = (tmp_path / f'sweep-{model}' / 'sweep.jsonl').read_text().splitlines()
-    assert [json.loads(line)['trials_in_program'] for line in lines] == [2, 2]
-    assert 0 <= records[0]['val_accuracy'] <= 1
+  config = tiny_config(tmp_path, {'data.name': name})
+  splits = input_pipeline.load_splits(config)
+  info = splits.info
+  assert info.image_shape == shape and info.num_classes == 10 and info.is_digits == is_digits
+  assert len(splits.train) + len(splits.validation) == 60 and len(splits.test) == 60
+  data = (splits.train.images[:8], splits.train.labels[:8], np.ones(8, bool))
+  _, state, (trained, _) = one_step(config, info, data)
+  assert int(trained.step) == 1
 
 
-class WithBatchNorm(nnx.Module):
-  """A model with running statistics, which the functional step does not carry."""
-
-  FIELDS = {}
-
-  def __init__(self, fields, image_shape, num_classes, *, dtype, rngs):
-    self.norm = nnx.BatchNorm(int(np.prod(image_shape)), rngs=rngs)
-    self.out = nnx.Linear(int(np.prod(image_shape)), num_classes, rngs=rngs)
-
-  def __call__(self, images, *, key=None):
-    return self.out(self.norm(images.reshape(images.shape[0], -1)))
+def test_emnist_images_are_turned_upright_where_they_load():
+  stored = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28, 1)
+  upright = input_pipeline.upright('emnist/digits', stored)
+  np.testing.assert_array_equal(upright[1, :, :, 0], stored[1, :, :, 0].T)
+  assert input_pipeline.upright('mnist', stored) is stored
 
 
-def test_a_model_with_state_besides_parameters_is_refused(tmp_path, monkeypatch):
-  monkeypatch.setitem(models.REGISTRY, 'batchnorm', WithBatchNorm)
-  config = tiny_config(tmp_path)
-  with config.unlocked():
-    config.batchnorm = {}
-  config.model = 'batchnorm'
-  info = input_pipeline.DatasetInfo('mnist', (28, 28, 1), tuple('0123456789'))
-  with pytest.raises(UserError, match="'batchnorm' holds state besides parameters"):
-    build.build_model(config, info)
+def test_every_model_declares_its_fields_in_the_schema():
+  for name, model in models.REGISTRY.items():
+    for field in model.FIELDS:
+      assert f'{name}.{field}' in configuration.SCHEMA

@@ -7,7 +7,6 @@ from flax import nnx
 
 from input_pipeline import DatasetInfo
 from mlp.core import augment, models, steps
-from mlp.core.errors import UserError
 from mlp.core.fields import Role
 from mlp.core.optimizer import make_optimizer
 
@@ -25,24 +24,20 @@ def network(config: ml_collections.ConfigDict, info: DatasetInfo, key: jax.Array
 
 def build_model(
   config: ml_collections.ConfigDict, info: DatasetInfo, steps_per_epoch: int | None = None
-) -> tuple[steps.Model, nnx.State]:
-  """The model (structure, optimizer, rates) and freshly initialised parameters.
+) -> tuple[steps.Model, steps.Variables]:
+  """The model (structure, optimizer, rates) and its freshly initialised variables.
 
   steps_per_epoch sets the length of a learning-rate schedule; None is for restoring and
   inference, where only the structure of the train state matters.
   """
-  graphdef, _, other = nnx.split(
-    nnx.eval_shape(lambda: network(config, info, jax.random.key(0))), nnx.Param, ...
-  )
-  if jax.tree.leaves(other):
-    raise UserError(
-      f'Model {config.model!r} holds state besides parameters (such as BatchNorm statistics), '
-      'which the training step does not carry; see mlp/core/models/__init__.py.'
-    )
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: network(config, info, jax.random.key(0))))
+
   # One compiled program: eagerly, each layer's init compiles on its own (0.9 s of a cold start).
-  params = jax.jit(lambda seed: nnx.state(network(config, info, jax.random.key(seed)), nnx.Param))(
-    config.seed
-  )
+  @jax.jit
+  def init(seed):
+    _, params, model_state = nnx.split(network(config, info, jax.random.key(seed)), nnx.Param, ...)
+    return params, model_state
+
   optimizer, learning_rate = make_optimizer(config.optim, steps_per_epoch)
   fields = models.REGISTRY[config.model].FIELDS
   model = steps.Model(
@@ -57,22 +52,26 @@ def build_model(
     label_smoothing=config.optim.label_smoothing,
     augment=augment.from_config(config.augment),
   )
-  return model, params
+  return model, init(config.seed)
 
 
-def init_state(config: ml_collections.ConfigDict, model: steps.Model, params) -> steps.TrainState:
-  """Step 0: the given parameters, a fresh optimizer state and the dropout key from the seed."""
+def init_state(
+  config: ml_collections.ConfigDict, model: steps.Model, variables: steps.Variables
+) -> steps.TrainState:
+  """Step 0: the given variables, a fresh optimizer state and the dropout key from the seed."""
 
   @jax.jit  # One compiled program rather than one per eager operation.
-  def fresh(params, seed):
+  def fresh(variables, seed):
+    params, model_state = variables
     return steps.TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       opt_state=model.optimizer.init(params),
       rng=jax.random.fold_in(jax.random.key(seed), 1),
+      model_state=model_state,
     )
 
-  return fresh(params, config.seed)
+  return fresh(variables, config.seed)
 
 
 def init_trials(
@@ -84,7 +83,7 @@ def init_trials(
   plain ones.
   """
   built = [build_model(config, info, steps_per_epoch) for config in configs]
-  states = [init_state(c, *model_params) for c, model_params in zip(configs, built, strict=True)]
+  states = [init_state(c, *model_vars) for c, model_vars in zip(configs, built, strict=True)]
   model = built[0][0]
   if len(configs) == 1:
     return model, None, states[0]

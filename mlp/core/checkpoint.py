@@ -83,7 +83,9 @@ def save(manager: ocp.CheckpointManager, state: steps.TrainState, position: Posi
       return
     manager.save(
       step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_saved_tree(state)), meta=ocp.args.JsonSave(meta)
+      ),
     )
   except Exception as error:
     raise _failed(manager, error) from None
@@ -127,10 +129,21 @@ def _restore(manager, step: int, abstract_state) -> tuple[steps.TrainState, Posi
       'train into a new workdir.'
     )
   restored = manager.restore(
-    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_saved_tree(abstract_state)))
   )
   position = Position(**{f.name: meta[f.name] for f in dataclasses.fields(Position)})
-  return restored.state, position
+  return abstract_state.replace(**restored.state), position
+
+
+def _saved_tree(state: steps.TrainState) -> dict:
+  """The train state as saved: its fields by name, without a model state that has no arrays.
+
+  So a stateless model's checkpoint holds what it did before the train state carried one.
+  """
+  tree = {field.name: getattr(state, field.name) for field in dataclasses.fields(state)}
+  if not jax.tree.leaves(state.model_state):
+    del tree['model_state']
+  return tree
 
 
 def _first_line(error: Exception) -> str:
@@ -218,14 +231,15 @@ def abstract(tree):
 def restore_for_inference(
   workdir: Path,
 ) -> tuple[ml_collections.ConfigDict, DatasetInfo, steps.Model, object]:
-  """The saved config and dataset info, the model they describe and the latest parameters.
+  """The saved config and dataset info, the model they describe and the latest variables.
 
-  The parameters come back replicated on the current devices, whichever devices saved them.
+  The variables (parameters and any model state) come back replicated on the current devices,
+  whichever devices saved them.
   """
   config = configuration.load(workdir)
   info = DatasetInfo.load(workdir)
-  model, params = build.build_model(config, info)
-  template = devices.replicate(build.init_state(config, model, params), devices.make_mesh())
+  model, variables = build.build_model(config, info)
+  template = devices.replicate(build.init_state(config, model, variables), devices.make_mesh())
   manager, state, _ = restore_latest(
     workdir, abstract(template), config.run.keep_checkpoints, read_only=True
   )
@@ -236,4 +250,4 @@ def restore_for_inference(
       f'No checkpoint in {Path(workdir) / CHECKPOINT_DIR}; train first: '
       f'python main.py --config=configs/default.py --workdir={workdir}'
     )
-  return config, info, model, state.params
+  return config, info, model, state.variables

@@ -1,9 +1,11 @@
 """The config schema (every field once, with its role), checking configs, saving and loading them.
 
-A config is an ml_collections.ConfigDict of groups: `data`, `optim`, `augment`, `run`,
-`benchmark`, one group per registered model (`mlp`, `cnn`, ...) and, at the top, `model` (which
-network) and `seed`. `defaults()` builds it from SCHEMA, and configs/*.py override its values.
-Each field's Role (mlp/core/fields.py) decides what a resume may change and what a sweep may vary.
+A config is an ml_collections.ConfigDict of groups: `data`, `optim`, `augment`, `run`, one
+group per registered model (`mlp`, `cnn`, ...) and, at the top, `model` (which network) and
+`seed`. `defaults()` builds it from SCHEMA, and configs/*.py override its values. Tools add
+groups of their own (`benchmark`, `sweep`), which a training run neither checks nor saves.
+Each field's Role (mlp/core/fields.py) decides what a resume may change and what a sweep may
+vary, and whether a run saved before the field existed can still be read.
 """
 
 import functools
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+from absl import logging
 from ml_collections import config_dict
 
 from mlp.core import models
@@ -83,17 +86,7 @@ _RUN = {
   'compilation_cache': Field(True, Role.EXECUTION, "JAX's persistent compilation cache."),
   'checkpoint_every_epochs': at_least(0, 1, Role.EXECUTION, '0 turns checkpoints off.'),
   'keep_checkpoints': positive(2, Role.EXECUTION, 'How many of the latest stay on disk.'),
-}
-_BENCHMARK = {
-  'repeats': positive(5, Role.EXECUTION, 'Timed epochs after the warm-up; the median counts.'),
-  'profile': Field('', Role.EXECUTION, "A directory for a jax.profiler trace; '': none."),
-  'batch_sizes': Field((), Role.EXECUTION, 'Several sizes: a throughput curve in the workdir.'),
-  'models': at_least(0, 0, Role.EXECUTION, 'Over 1: also that many models at once (vmap).'),
-  'compare': Field(
-    '',
-    Role.EXECUTION,
-    "A/B: 'group.field=value ...' for side B; epochs of both alternate (mlp/tools/ab.py).",
-  ),
+  'pictures': Field(True, Role.EXECUTION, 'Draw the curves and test pictures after training.'),
 }
 GROUPS: dict[str, dict[str, Field]] = {
   '': _TOP,
@@ -101,7 +94,6 @@ GROUPS: dict[str, dict[str, Field]] = {
   'optim': _OPTIM,
   'augment': _AUGMENT,
   'run': _RUN,
-  'benchmark': _BENCHMARK,
   **{name: model.FIELDS for name, model in models.REGISTRY.items()},
 }
 # Every field by its dotted path: 'optim.batch_size', 'mlp.hidden_sizes', 'seed'.
@@ -112,10 +104,18 @@ SCHEMA: dict[str, Field] = {
 }
 
 
-def defaults() -> ml_collections.ConfigDict:
-  """Every field at its default (the notebook's values), locked so that a typo is an error."""
+def defaults(tool_groups: dict[str, dict[str, Field]] | None = None) -> ml_collections.ConfigDict:
+  """Every field at its default (the notebook's values), locked so that a typo is an error.
+
+  tool_groups adds groups that tools read (the benchmark's), outside the saved schema.
+  """
   values: dict[str, Any] = {}
-  for path, field in SCHEMA.items():
+  tool_fields = {
+    f'{group}.{name}': field
+    for group, fields in (tool_groups or {}).items()
+    for name, field in fields.items()
+  }
+  for path, field in (SCHEMA | tool_fields).items():
     *groups, name = path.split('.')
     node = functools.reduce(lambda d, g: d.setdefault(g, {}), groups, values)
     node[name] = config_dict.placeholder(field.kind) if field.default is None else field.default
@@ -186,7 +186,7 @@ def save(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 
 def load(workdir: Path) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with; a missing or unknown field is a one-line error."""
+  """The config a workdir was trained with; fields this code added since fill in, if they may."""
   path = Path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise UserError(f'{path} does not exist; train into this workdir first.')
@@ -200,9 +200,24 @@ def load(workdir: Path) -> ml_collections.ConfigDict:
   config.model = values['model'] if values['model'] in models.REGISTRY else config.model
   unknown = sorted(set(values) - set(in_use(config)))
   missing = sorted(set(in_use(config)) - set(values))
-  if unknown or missing:
-    fields = ', '.join([*(f'unknown {p}' for p in unknown), *(f'missing {p}' for p in missing)])
-    raise UserError(f'{path} does not match this code ({fields}); train into a new workdir.')
+  refused = [p for p in missing if not SCHEMA[p].fills_older_runs]
+  if refused:
+    raise UserError(
+      f'{path} has no {", ".join(refused)}, which this code needs to reproduce the run; '
+      'train it again with this code into a new workdir.'
+    )
+  if missing or unknown:
+    logging.warning(
+      '%s was written by other code: %s.',
+      path,
+      '; '.join(
+        [
+          *([f'defaults fill in {", ".join(missing)}'] if missing else []),
+          *([f'ignoring {", ".join(unknown)}'] if unknown else []),
+        ]
+      ),
+    )
+  values = {key: value for key, value in values.items() if key not in unknown}
   try:
     for key, value in values.items():
       assign(config, key, value)

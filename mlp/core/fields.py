@@ -35,7 +35,9 @@ class Field:
   """One config field: its default, role and purpose, and the values that work.
 
   `valid` tells whether a value works; `expected` says what works, for the error message.
-  `kind` is the type of a field whose default is None.
+  `kind` is the type of a field whose default is None. `same_as_before` says that runs saved
+  before the field existed behaved as its default does, so the default fills in when they are
+  read; execution and length fields always fill in, as they do not change a run's results.
   """
 
   default: Any
@@ -44,6 +46,11 @@ class Field:
   valid: Callable[[Any], bool] = lambda value: True
   expected: str = ''
   kind: type | None = None
+  same_as_before: bool = False
+
+  @property
+  def fills_older_runs(self) -> bool:
+    return self.same_as_before or self.role in (Role.EXECUTION, Role.LENGTH)
 
 
 def positive(default: float, role: Role, doc: str) -> Field:

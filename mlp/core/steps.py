@@ -1,10 +1,8 @@
 """Pure, jittable functions of the train state: the loss, one step, many steps, evaluation.
 
-No I/O and no Python state: every function maps arrays to arrays, so it is jitted once and
-runs whole epochs on the device under lax.scan. Metrics are dicts of sums that add up exactly
-across steps, batches and devices: `loss` and `correct` over `count` examples, and every other
-entry (`call_metrics`, weighted by the steps of its call) over `steps`; `summarize` turns them
-into means.
+No I/O and no Python state: every function maps arrays to arrays, so it is jitted once and can
+run many steps on the device under lax.scan. Metric sums (mlp/core/metrics.py) add up exactly
+across steps, batches and devices.
 """
 
 from collections.abc import Callable
@@ -14,10 +12,14 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from mlp.core import metrics
+
 # Two steps per loop iteration: 7% more examples/s on the 2-core CPU (290k -> 311k, batch 100);
 # 4 gained less.
 SCAN_UNROLL = 2
-Sums = dict[str, jax.Array]
+# What inference needs of a trained network: its parameters and its other state (BatchNorm's
+# statistics; empty for stateless models).
+Variables = tuple[nnx.State, nnx.State]
 
 
 class TrainState(struct.PyTreeNode):
@@ -27,6 +29,13 @@ class TrainState(struct.PyTreeNode):
   params: nnx.State
   opt_state: optax.OptState
   rng: jax.Array  # Key for dropout and distortions; each step folds in its step number.
+  # The network's non-parameter state, updated by the forward pass in training (BatchNorm's
+  # running statistics); empty for stateless networks.
+  model_state: nnx.State
+
+  @property
+  def variables(self) -> Variables:
+    return self.params, self.model_state
 
 
 class Model(struct.PyTreeNode):
@@ -51,102 +60,76 @@ def _off(rate) -> bool:
   return isinstance(rate, int | float) and rate == 0
 
 
-def logits(model: Model, params, images, key=None) -> jax.Array:
-  """Float32 logits for images (uint8, or float from the distortions) in [0, 255]."""
-  network = nnx.merge(model.graphdef, params)
+def forward(
+  model: Model, variables: Variables, images, *, train: bool = False, key=None
+) -> tuple[jax.Array, nnx.State]:
+  """Float32 logits for images (uint8, or float from the distortions) in [0, 255], and the
+  network's state after the pass (BatchNorm's statistics move only when train is True)."""
+  network = nnx.merge(model.graphdef, *variables, copy=True)
   rates = model.network_rates if key is not None else {}
-  return network(images.astype(jnp.float32) / 255.0, key=key, **rates).astype(jnp.float32)
+  outputs = network(images.astype(jnp.float32) / 255.0, train=train, key=key, **rates)
+  return outputs.astype(jnp.float32), nnx.state(network, nnx.Not(nnx.Param))
 
 
-def loss_and_sums(params, model: Model, images, labels, mask, key=None):
-  """The mean training loss over the unmasked examples, and their metric sums.
+def loss_and_sums(params, model: Model, model_state, images, labels, mask, key=None):
+  """The mean training objective over the unmasked examples; its metric sums and new state.
 
-  The loss smooths the labels if asked; the sums hold the plain cross-entropy, comparable
-  across configs.
+  The objective smooths the labels if asked; the sums hold the metrics of mlp/core/metrics.py.
   """
-  outputs = logits(model, params, images, key)
-  mask = mask.astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
-  objective = losses
-  if not _off(model.label_smoothing):
+  outputs, model_state = forward(model, (params, model_state), images, train=True, key=key)
+  sums = metrics.example_sums(outputs, labels, mask)
+  if _off(model.label_smoothing):
+    objective = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
+  else:
     targets = optax.smooth_labels(jax.nn.one_hot(labels, outputs.shape[-1]), model.label_smoothing)
     objective = optax.softmax_cross_entropy(outputs, targets)
-  correct = (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
-  count = jnp.sum(mask)
-  sums = {'loss': jnp.sum(losses * mask), 'correct': jnp.sum(correct * mask), 'count': count}
-  return jnp.sum(objective * mask) / jnp.maximum(count, 1.0), sums
+  mean = jnp.sum(objective * mask) / jnp.maximum(sums[metrics.COUNT], 1.0)
+  return mean, (sums, model_state)
 
 
-def train_step(model: Model, state: TrainState, images, labels, mask) -> tuple[TrainState, Sums]:
+def train_step(
+  model: Model, state: TrainState, images, labels, mask
+) -> tuple[TrainState, metrics.Sums]:
   """One optimizer step on one batch; padded examples (mask 0) carry no gradient."""
   step_key = jax.random.fold_in(state.rng, state.step)
   if model.augment is not None:
     step_key, augment_key = jax.random.split(step_key)
     images = model.augment(images, augment_key)
   rates_off = all(_off(rate) for rate in model.network_rates.values())
-  grads, sums = jax.grad(loss_and_sums, has_aux=True)(
-    state.params, model, images, labels, mask, None if rates_off else step_key
+  grads, (sums, model_state) = jax.grad(loss_and_sums, has_aux=True)(
+    state.params, model, state.model_state, images, labels, mask, None if rates_off else step_key
   )
   updates, opt_state = model.optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  sums['steps'] = jnp.ones((), jnp.float32)
+  state = state.replace(
+    step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
+  )
   return state, sums
 
 
-def call_metrics(model: Model, state: TrainState, images, labels, mask) -> dict[str, jax.Array]:
-  """What a call of steps ends with, on its last batch: adding a metric is one line here.
-
-  Computed once per call inside the same program, not in every step: per-step norms cost 15% of
-  the examples/s at batch 100 on the 2-core CPU.
-  """
-  grads, _ = jax.grad(loss_and_sums, has_aux=True)(state.params, model, images, labels, mask)
-  return {
-    'grad_norm': optax.tree.norm(grads),  # Without dropout or distortions.
-    'param_norm': optax.tree.norm(state.params),
-    'learning_rate': model.learning_rate(state.opt_state, state.step),
-  }
-
-
-def add_sums(a: Sums, b: Sums) -> Sums:
-  return jax.tree.map(jnp.add, a, b)
-
-
-def summarize(sums: Sums, prefix: str = '') -> dict[str, float]:
-  """Means from sums on the host: loss and accuracy per example, the rest per step.
-
-  Arrays with a leading trial axis (a sweep's) give a list of dicts, one per trial.
-  """
-  host = jax.tree.map(lambda x: jax.device_get(x).astype('float64'), sums)
-  if host['count'].ndim:
-    return [
-      summarize({k: v[i] for k, v in host.items()}, prefix) for i in range(len(host['count']))
-    ]
-  means = {
-    f'{prefix}loss': float(host['loss'] / host['count']),
-    f'{prefix}accuracy': float(host['correct'] / host['count']),
-  }
-  per_step = set(host) - {'loss', 'correct', 'count', 'steps'}
-  return means | {name: float(host[name] / host['steps']) for name in sorted(per_step)}
+def at_epoch_end(model: Model, state: TrainState, images, labels, mask) -> metrics.Sums:
+  """The metrics.AT_EPOCH_END values of the state on the epoch's last batch."""
+  grads, _ = jax.grad(loss_and_sums, has_aux=True)(
+    state.params, model, state.model_state, images, labels, mask
+  )
+  return {m.name: m.value(grads, state, model) for m in metrics.AT_EPOCH_END}
 
 
 def _scan_train_steps(model: Model, state, xs, batch_of):
-  """One train_step per slice of xs along its leading axis; batch_of(slice) gives the batch."""
+  """One train_step per slice of xs along its leading axis; batch_of(slice) gives the batch.
+
+  A call of one step is not a loop at all: XLA:CPU runs some operations (convolutions) far
+  slower inside a loop body than outside one.
+  """
 
   def body(carry, x):
     state, total = carry
     state, sums = train_step(model, state, *batch_of(x))
-    return (state, add_sums(total, sums)), None
+    return (state, metrics.add(total, sums)), None
 
-  first = jax.tree.map(lambda x: x[0], xs)
-  zeros = jax.tree.map(
-    jnp.zeros_like, jax.eval_shape(train_step, model, state, *batch_of(first))[1]
-  )
-  (state, total), _ = jax.lax.scan(body, (state, zeros), xs, unroll=SCAN_UNROLL)
-  # Weighted by the call's steps, so that an epoch of several calls averages their values.
-  last = batch_of(jax.tree.map(lambda x: x[-1], xs))
-  for name, value in call_metrics(model, state, *last).items():
-    total[name] = value * total['steps']
+  length = jax.tree.leaves(xs)[0].shape[0]
+  unroll = length if length == 1 else SCAN_UNROLL
+  (state, total), _ = jax.lax.scan(body, (state, metrics.zero_sums()), xs, unroll=unroll)
   return state, total
 
 
@@ -162,18 +145,18 @@ def train_on_batches(model: Model, state, images, labels, mask):
   return _scan_train_steps(model, state, (images, labels, mask), lambda batch: batch)
 
 
-def evaluate(model: Model, params, images, labels, mask) -> Sums:
+def evaluate(model: Model, variables: Variables, images, labels, mask) -> metrics.Sums:
   """Metric sums over stacked, padded batches (steps, batch, ...); padding is masked out."""
 
   def body(total, batch):
-    _, sums = loss_and_sums(params, model, *batch)
-    return add_sums(total, sums), None
+    images, labels, mask = batch
+    outputs, _ = forward(model, variables, images)
+    return metrics.add(total, metrics.example_sums(outputs, labels, mask)), None
 
-  zeros = {name: jnp.zeros((), jnp.float32) for name in ('loss', 'correct', 'count')}
-  total, _ = jax.lax.scan(body, zeros, (images, labels, mask))
+  total, _ = jax.lax.scan(body, metrics.zero_sums(), (images, labels, mask))
   return total
 
 
-def probabilities(model: Model, params, images) -> jax.Array:
+def probabilities(model: Model, variables: Variables, images) -> jax.Array:
   """Softmax class probabilities (batch, classes) for uint8 images (batch, H, W, C)."""
-  return jax.nn.softmax(logits(model, params, images))
+  return jax.nn.softmax(forward(model, variables, images)[0])

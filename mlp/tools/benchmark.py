@@ -23,7 +23,7 @@ from absl import logging
 from jax import monitoring
 
 import input_pipeline
-from mlp.core import build, configuration, devices, train
+from mlp.core import configuration, devices, trainer
 from mlp.tools import ab, flops
 
 _compile_seconds = [0.0]
@@ -50,17 +50,12 @@ def epoch_timer(
   compiling. num_models > 1 trains that many models (seeds 0, 1, ...) at once, as a sweep's
   vmapped trials. Several timers can live side by side, to alternate settings (mlp/tools/ab.py).
   """
-  mesh = mesh or devices.make_mesh()
   configs = [config.copy_and_resolve_references() for _ in range(num_models)]
   for seed, trial in enumerate(configs):
     trial.seed = seed if num_models > 1 else config.seed
-  steps_per_epoch = -(-len(split) // config.optim.batch_size)
-  model, rates, state = build.init_trials(configs, info, steps_per_epoch)
-  programs = train.compile_programs(model, mesh, rates)
-  state = devices.replicate(state, mesh)
-  data = train.place_train_data(config, split, mesh)
+  run, state = trainer.setup(configs, info, split, mesh=mesh)
   compile_before = _compile_seconds[0]
-  state, sums = train.run_epoch(config, programs, state, data, epoch=1)  # Warm-up.
+  state, sums = trainer.run_epoch(run, state, epoch=1)  # Warm-up.
   jax.block_until_ready((state, sums))
   compile_seconds = _compile_seconds[0] - compile_before
   epochs = itertools.count(2)
@@ -68,7 +63,7 @@ def epoch_timer(
   def time_epoch() -> float:
     nonlocal state
     start = time.perf_counter()
-    state, sums = train.run_epoch(config, programs, state, data, next(epochs))
+    state, sums = trainer.run_epoch(run, state, next(epochs))
     jax.block_until_ready((state, sums))
     return time.perf_counter() - start
 

@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp.core import build, configuration, devices, steps, train
+from mlp.core import configuration, trainer
 from mlp.core.errors import UserError
 from mlp.core.fields import Role
 
@@ -102,54 +102,48 @@ def program_key(config: ml_collections.ConfigDict) -> str:
 
 
 def train_trials(configs: list[ml_collections.ConfigDict], splits: input_pipeline.Splits):
-  """Trains trials that share a program key at once, with the training loop's own epoch
+  """Trains trials that share a program key at once, on the trainer's epochs; their metrics.
 
-  (mesh, placement, steps_per_call as in a normal run); returns their metrics in order.
+  A trial whose training loss diverges is reported as such; the program stops once all have.
   """
   config = configs[0]
   start = time.perf_counter()
-  steps_per_epoch = -(-len(splits.train) // config.optim.batch_size)
-  mesh = devices.make_mesh()
-  model, rates, state = build.init_trials(configs, splits.info, steps_per_epoch)
-  programs = train.compile_programs(model, mesh, rates)
-  state = devices.replicate(state, mesh)
-  data = train.place_train_data(config, splits.train, mesh)
-  validation, test = (
-    train.place_eval_data(split, config.run.eval_batch_size, mesh)
-    for split in (splits.validation, splits.test)
-  )
+  run, state = trainer.setup(configs, splits.info, splits.train, splits.validation)
 
-  def per_trial(sums, prefix: str) -> list[dict]:
-    metrics = steps.summarize(sums, prefix)
-    return metrics if rates is not None else [metrics]
+  def per_trial(record) -> list[dict]:
+    return record if isinstance(record, list) else [record]
 
   val_accuracies = []
-  for epoch in range(1, config.optim.num_epochs + 1):
-    state, train_sums = train.run_epoch(config, programs, state, data, epoch)
-    val = per_trial(programs.evaluate(state.params, *validation), 'val_')
-    val_accuracies.append([m['val_accuracy'] for m in val])
+  for epoch in trainer.epochs(run, state, 1, config.optim.num_epochs):
+    state, records = epoch.state, per_trial(epoch.record)
+    val_accuracies.append([r['val_accuracy'] for r in records])
     logging.info(
       '%d trials, epoch %d/%d, %.1fs: best val_accuracy %.4f',
       len(configs),
-      epoch,
+      epoch.number,
       config.optim.num_epochs,
       time.perf_counter() - start,
       np.nanmax(val_accuracies[-1]),
     )
-  test_metrics = per_trial(programs.evaluate(state.params, *test), 'test_')
+    diverged = [trainer.diverged(r['train_loss'], splits.info.num_classes) for r in records]
+    if all(diverged):
+      logging.warning(
+        'Every trial of this program diverged in epoch %d; stopping it.', epoch.number
+      )
+      break
+  test = per_trial(trainer.evaluate(run, state.variables, splits.test, 'test_'))
   seconds = time.perf_counter() - start
   return [
     {
-      **train_m,
-      **val_m,
-      **test_m,
-      'val_accuracy_per_epoch': [epoch[i] for epoch in val_accuracies],
+      **{k: v for k, v in record.items() if k != 'epoch'},
+      **test_metrics,
+      'epochs_trained': epoch.number,
+      'diverged': diverged[i],
+      'val_accuracy_per_epoch': [accuracies[i] for accuracies in val_accuracies],
       'program_seconds': seconds,
       'trials_in_program': len(configs),
     }
-    for i, (train_m, val_m, test_m) in enumerate(
-      zip(per_trial(train_sums, 'train_'), val, test_metrics, strict=True)
-    )
+    for i, (record, test_metrics) in enumerate(zip(records, test, strict=True))
   ]
 
 

@@ -37,8 +37,10 @@ class CNN(nnx.Module):
     self.hidden = nnx.Linear(flat, fields.dense_size, dtype=dtype, rngs=rngs)
     self.out = nnx.Linear(fields.dense_size, num_classes, dtype=dtype, rngs=rngs)
 
-  def __call__(self, images: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-    """Logits (batch, classes) for float images (batch, H, W, C); it has no dropout."""
+  def __call__(
+    self, images: jax.Array, *, train: bool = False, key: jax.Array | None = None
+  ) -> jax.Array:
+    """Logits (batch, classes) for float images (batch, H, W, C); no dropout, no train mode."""
     x = images
     for conv in self.convs:
       x = nnx.avg_pool(jax.nn.relu(conv(x)), window_shape=(2, 2), strides=(2, 2))

@@ -55,10 +55,14 @@ class MLP(nnx.Module):
     self,
     images: jax.Array,
     *,
+    train: bool = False,
     key: jax.Array | None = None,
     dropout_rate: float | jax.Array = 0.0,
   ) -> jax.Array:
-    """Logits (batch, classes) for float images (batch, H, W, C); key None: no dropout."""
+    """Logits (batch, classes) for float images (batch, H, W, C); key None: no dropout.
+
+    train is part of the models' interface; this network behaves the same in both modes.
+    """
     x = images.reshape(images.shape[0], -1)
     for i, layer in enumerate(self.layers[:-1]):
       x = self.activation(layer(x))

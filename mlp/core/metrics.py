@@ -1,0 +1,97 @@
+"""Every metric a run reports, declared once with how it aggregates.
+
+A metric per example maps (logits, labels) to one value per example; steps add them up over the
+unmasked examples and the summary divides by the example count, so its mean is exact across
+steps, batches, calls and devices. A metric at the epoch's end is measured once, after the
+epoch's last step, on its last batch: it does not depend on how the epoch was split into calls.
+Training, evaluation, the summaries and the tests all follow from the two tables below: adding
+top-2 accuracy everywhere is one line in PER_EXAMPLE.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Sums = dict[str, jax.Array]
+COUNT = 'count'  # The sum of the mask: the examples every per-example sum is over.
+
+
+@dataclasses.dataclass(frozen=True)
+class PerExample:
+  """A metric averaged over examples: value(logits, labels) -> (batch,) float32."""
+
+  name: str
+  value: Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _top_k_accuracy(k: int) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  def value(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+    # Ties count against the label, so that constant logits score 0, not 1.
+    return (jnp.sum(logits >= label_logit, axis=-1) <= k).astype(jnp.float32)
+
+  return value
+
+
+PER_EXAMPLE = (
+  # The plain cross-entropy, comparable across configs (label smoothing changes only the
+  # objective the step minimises).
+  PerExample('loss', optax.softmax_cross_entropy_with_integer_labels),
+  PerExample('accuracy', _top_k_accuracy(1)),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AtEpochEnd:
+  """A metric of the state after the epoch's last step: value(grads, state, model) -> scalar.
+
+  grads are the last batch's gradients without dropout or distortions.
+  """
+
+  name: str
+  value: Callable
+
+
+AT_EPOCH_END = (
+  AtEpochEnd('grad_norm', lambda grads, state, model: optax.tree.norm(grads)),
+  AtEpochEnd('param_norm', lambda grads, state, model: optax.tree.norm(state.params)),
+  # The rate the epoch's last update used, schedule included.
+  AtEpochEnd(
+    'learning_rate', lambda grads, state, model: model.learning_rate(state.opt_state, state.step)
+  ),
+)
+
+
+def example_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Sums:
+  """Each per-example metric summed over the unmasked examples, and their count."""
+  mask = mask.astype(jnp.float32)
+  sums = {m.name: jnp.sum(m.value(logits, labels) * mask) for m in PER_EXAMPLE}
+  return sums | {COUNT: jnp.sum(mask)}
+
+
+def zero_sums() -> Sums:
+  return {name: jnp.zeros((), jnp.float32) for name in (*(m.name for m in PER_EXAMPLE), COUNT)}
+
+
+def add(a: Sums, b: Sums) -> Sums:
+  return jax.tree.map(jnp.add, a, b)
+
+
+def summarize(sums: Sums, prefix: str = '', at_end: Sums | None = None) -> dict | list[dict]:
+  """Per-example means (and the epoch-end values), as floats on the host, names prefixed.
+
+  Arrays with a leading trial axis (a sweep's) give a list of dicts, one per trial.
+  """
+  host = jax.device_get(sums)
+  end = jax.device_get(at_end or {})
+  count = host[COUNT].astype('float64')
+  if count.ndim:
+    return [
+      summarize({k: v[i] for k, v in host.items()}, prefix, {k: v[i] for k, v in end.items()})
+      for i in range(len(count))
+    ]
+  means = {f'{prefix}{m.name}': float(host[m.name] / count) for m in PER_EXAMPLE}
+  return means | {m.name: float(end[m.name]) for m in AT_EPOCH_END if m.name in end}
