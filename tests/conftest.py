@@ -91,6 +91,7 @@ def tiny_config(tmp_path: Path, overrides: dict | None = None):
     'mlp.hidden_sizes': (16,),
     'cnn.conv_features': (4, 8),  # Optional per model: a new one trains at its default size.
     'cnn.dense_size': 16,
+    'resnet.stage_widths': (4, 8),
     'optim.batch_size': 10,
     'run.eval_batch_size': 7,  # Divides neither split: padding and masking are exercised.
     'optim.num_epochs': 1,

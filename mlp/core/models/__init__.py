@@ -15,5 +15,6 @@ eval, predict, export, benchmark and sweeps then take it by name.
 
 from mlp.core.models.cnn import CNN
 from mlp.core.models.mlp import MLP
+from mlp.core.models.resnet import ResNet
 
-REGISTRY = {'mlp': MLP, 'cnn': CNN}
+REGISTRY = {'mlp': MLP, 'cnn': CNN, 'resnet': ResNet}
