@@ -15,8 +15,9 @@ on the 2-core AMD EPYC CPU (Nov 2026).
 import ml_collections
 
 from mlp.core import configuration
+from mlp.tools import fields
 
 
 def get_config() -> ml_collections.ConfigDict:
-  """Returns the notebook's hyperparameters."""
-  return configuration.defaults()
+  """Returns the notebook's hyperparameters, and the benchmark's settings beside them."""
+  return configuration.defaults(fields.GROUPS)

@@ -20,6 +20,7 @@ import pytest
 
 from input_pipeline import DIGITS, DatasetInfo
 from mlp.core import configuration
+from mlp.tools import fields as tool_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real MNIST as CI and developers have it beside the checkout (see README); TFDS_DATA_DIR,
@@ -86,7 +87,7 @@ def tiny_config(tmp_path: Path, overrides: dict | None = None):
 
   overrides maps dotted paths to values: {'optim.num_epochs': 2}.
   """
-  config = configuration.defaults()
+  config = configuration.defaults(tool_fields.GROUPS)
   values = {
     'mlp.hidden_sizes': (16,),
     'cnn.conv_features': (4, 8),  # Optional per model: a new one trains at its default size.

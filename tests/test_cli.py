@@ -44,7 +44,7 @@ def error_lines(stderr: str) -> list[str]:
     (['--config.dataset=kmnist'], 'now data.name'),
     (['--config.optim.batch_size=0'], 'optim.batch_size=0'),
     (['--config.mlp.activation=nope'], 'mlp.activation'),
-    (['--config.model=resnet'], 'one of mlp'),
+    (['--config.model=transformer'], 'one of mlp'),
     (['--image=x.png'], '--image is a flag of --mode=predict'),
     (['--mode=tune'], 'not a mode'),
     (['--config.data.dir=/nonexistent/tfds', '--config.run.cache_dir=/tmp/x'], '/nonexistent/tfds'),

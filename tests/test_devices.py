@@ -105,9 +105,11 @@ def test_replicate_places_arrays_and_keys_on_every_device():
 
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(tmp_path, mock_mnist):
   config = tiny_config(tmp_path, {'run.compute_dtype': 'bfloat16'})
-  model, params = build.build_model(config, MNIST_INFO)
+  model, (params, model_state) = build.build_model(config, MNIST_INFO)
   images, labels, mask = jnp.zeros((2, 28, 28, 1), jnp.uint8), jnp.zeros(2, jnp.int32), jnp.ones(2)
-  program = jax.make_jaxpr(lambda p: steps.loss_and_sums(p, model, images, labels, mask))(params)
+  program = jax.make_jaxpr(
+    lambda p: steps.loss_and_sums(p, model, model_state, images, labels, mask)
+  )(params)
   assert 'dot_general' in str(program) and 'bf16[2,16]' in str(program)
   result = train.train_and_evaluate(config, tmp_path / 'run')
   assert np.isfinite(result['epochs'][0]['train_loss']) and np.isfinite(result['test_loss'])

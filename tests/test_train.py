@@ -7,21 +7,17 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from mlp.core import checkpoint, configuration, train
+from mlp.core import checkpoint, configuration, metrics, train
 from mlp.core.errors import UserError
 
 EPOCH_KEYS = {
   'epoch',
-  'train_loss',
-  'train_accuracy',
-  'val_loss',
-  'val_accuracy',
+  *(f'{split}_{m.name}' for split in ('train', 'val') for m in metrics.PER_EXAMPLE),
+  *(m.name for m in metrics.AT_EPOCH_END),
   'epoch_seconds',
   'examples_per_sec',
-  'learning_rate',
-  'grad_norm',
-  'param_norm',
 }
+TEST_KEYS = {f'test_{m.name}' for m in metrics.PER_EXAMPLE}
 NUMBERS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')
 
 
@@ -35,12 +31,12 @@ def read_metrics(workdir):
 
 
 def test_writes_metrics_config_and_pictures(tmp_path, mock_mnist):
-  config = tiny_config(tmp_path, {'optim.num_epochs': 2})
+  config = tiny_config(tmp_path, {'optim.num_epochs': 2, 'run.pictures': True})
   result = train.train_and_evaluate(config, tmp_path / 'run')
   lines = read_metrics(tmp_path / 'run')
   assert [set(line) for line in lines[:2]] == [EPOCH_KEYS, EPOCH_KEYS]
   assert [line['epoch'] for line in lines[:2]] == [1, 2]
-  assert lines[2] == {'test_loss': result['test_loss'], 'test_accuracy': result['test_accuracy']}
+  assert lines[2] == {key: result[key] for key in TEST_KEYS}
   assert lines[:2] == result['epochs']
   assert 0.0 <= result['test_accuracy'] <= 1.0 and np.isfinite(result['test_loss'])
   assert configuration.to_dict(configuration.load(tmp_path / 'run')) == configuration.to_dict(
@@ -124,3 +120,19 @@ def test_default_config_reaches_the_notebook_accuracy(trained_mnist_workdir):
   assert len(metrics) == 11
   assert metrics[-1]['test_accuracy'] >= 0.965
   assert jax.device_count() >= 1
+
+
+def test_how_an_epoch_is_split_into_calls_changes_no_reported_number(tmp_path, mock_mnist):
+  """Epoch-end metrics (norms, rate) included: run.steps_per_call is an execution field."""
+  results = [
+    train.train_and_evaluate(
+      tiny_config(tmp_path, {'run.checkpoint_every_epochs': 0, 'run.steps_per_call': calls}),
+      tmp_path / f'calls-{calls}',
+    )
+    for calls in (0, 2)
+  ]
+  numbers = EPOCH_KEYS - {'epoch', 'epoch_seconds', 'examples_per_sec'}
+  whole, split = ([{k: e[k] for k in numbers} for e in r['epochs']] for r in results)
+  for a, b in zip(whole, split, strict=True):
+    for key in numbers:
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)

@@ -131,9 +131,11 @@ def get(config: ml_collections.ConfigDict, path: str) -> Any:
 def assign(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
   """Sets the field at a dotted path; a value of the wrong type is a UserError."""
   *groups, name = path.split('.')
-  if path not in SCHEMA:
-    raise UserError(f'{path!r} is not a config field.')
-  if isinstance(SCHEMA[path].default, tuple) and isinstance(value, list):
+  try:
+    current = get(config, path)
+  except AttributeError:
+    raise UserError(f'{path!r} is not a config field.') from None
+  if isinstance(current, tuple) and isinstance(value, list):
     value = tuple(value)
   try:
     setattr(functools.reduce(getattr, groups, config), name, value)
@@ -160,12 +162,17 @@ def moved_to(name: str) -> str | None:
   return {'dataset': 'data.name'}.get(name)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises UserError naming the first field whose value cannot work."""
-  for path in in_use(config):
-    field, value = SCHEMA[path], get(config, path)
+def check(config: ml_collections.ConfigDict, fields: dict[str, Field]) -> None:
+  """Raises UserError naming the first of fields (by dotted path) whose value cannot work."""
+  for path, field in fields.items():
+    value = get(config, path)
     if value is not None and not field.valid(value):
       raise UserError(f'Invalid config: {path}={value!r}: expected {field.expected}.')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first field of a training run whose value cannot work."""
+  check(config, {path: SCHEMA[path] for path in in_use(config)})
   if config.optim.warmup_epochs > config.optim.num_epochs:
     raise UserError(
       f'Invalid config: optim.warmup_epochs={config.optim.warmup_epochs!r}: expected at most '

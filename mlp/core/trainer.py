@@ -289,4 +289,4 @@ def diverged(train_loss: float, num_classes: int) -> bool:
   times worse than guessing is confidently wrong on most examples, which only a run whose
   updates blew up reaches (a healthy one falls below ln(classes) within its first epoch).
   """
-  return not np.isfinite(train_loss) or train_loss > DIVERGED_FACTOR * np.log(num_classes)
+  return bool(not np.isfinite(train_loss) or train_loss > DIVERGED_FACTOR * np.log(num_classes))

@@ -15,7 +15,7 @@ from absl import logging
 
 import input_pipeline
 from mlp.core import configuration, devices, train
-from mlp.tools import benchmark, flops
+from mlp.tools import benchmark, fields, flops
 
 CHECK_EPOCHS = 2
 # The default MLP reaches about 95% after 2 epochs; below this something is broken.
@@ -70,6 +70,7 @@ def _scaling_row(config: ml_collections.ConfigDict, split, info) -> tuple[str, s
 def run(config: ml_collections.ConfigDict) -> int:
   """Prints the summary table on stdout; returns 1 if training missed MIN_ACCURACY, else 0."""
   configuration.validate(config)
+  configuration.check(config, fields.paths('benchmark'))
   for batch_size in tuple(config.benchmark.batch_sizes) or BATCH_SIZES:
     devices.check_batch_size(batch_size)
   device = jax.devices()[0]

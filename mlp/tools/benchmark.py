@@ -24,7 +24,7 @@ from jax import monitoring
 
 import input_pipeline
 from mlp.core import configuration, devices, trainer
-from mlp.tools import ab, flops
+from mlp.tools import ab, fields, flops
 
 _compile_seconds = [0.0]
 
@@ -302,6 +302,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path | None = None) -> list[
   benchmark.compare, an A/B comparison instead (compare).
   """
   configuration.validate(config)
+  configuration.check(config, fields.paths('benchmark'))
   sizes = tuple(config.benchmark.batch_sizes) or (config.optim.batch_size,)
   for batch_size in sizes:
     devices.check_batch_size(batch_size)

@@ -204,10 +204,11 @@ Written by python main.py --mode=sweep; train it with:
 import ml_collections
 
 from mlp.core import configuration
+from mlp.tools import fields
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = configuration.defaults()
+  config = configuration.defaults(fields.GROUPS)
 {assignments}  return config
 '''
 
