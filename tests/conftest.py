@@ -100,6 +100,7 @@ def tiny_config(tmp_path: Path, overrides: dict | None = None):
     'run.cache_dir': str(tmp_path / 'cache'),
     'run.compilation_cache': False,  # The session's cache (above) serves instead.
     'run.pictures': False,  # Drawn only by the tests that check pictures.
+    'run.steps_per_call': 1000,  # Whole epochs, unmeasured: pacing has tests of its own.
     **(overrides or {}),
   }
   for path, value in values.items():

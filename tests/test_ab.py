@@ -10,6 +10,8 @@ from configs import default
 from mlp.core.errors import UserError
 from mlp.tools import ab, benchmark
 
+pytestmark = pytest.mark.integration
+
 
 def test_alternate_runs_abba_so_drift_hits_both_sides():
   calls = []

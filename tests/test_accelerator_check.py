@@ -5,6 +5,8 @@ from conftest import tiny_config
 
 from mlp.tools import accelerator_check
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.mark.slow  # A training run and four benchmarks: ~30 s quiet, ~60 s loaded.
 def test_check_prints_its_table_and_fails_below_the_accuracy(

@@ -6,6 +6,8 @@ import pytest
 
 from mlp.core import augment
 
+pytestmark = pytest.mark.unit
+
 STRONG = augment.Distortion(
   rotation=15.0, scale=0.15, shear=15.0, translation=3.0, elastic_alpha=34.0, elastic_sigma=4.0
 )

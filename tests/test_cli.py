@@ -1,6 +1,9 @@
 """main.py as a user meets it: config overrides, and one-line errors for bad input."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -8,6 +11,8 @@ from conftest import ROOT, run_main, tiny_config
 from ml_collections import config_flags
 
 from mlp.tools import benchmark
+
+pytestmark = pytest.mark.integration
 
 DEFAULT = str(ROOT / 'configs' / 'default.py')
 
@@ -82,3 +87,31 @@ def test_benchmark_prints_one_well_formed_json_line(tmp_path, mock_mnist, capsys
   )
   assert 0 < result['utilization'] == result['flops_per_sec'] / result['peak_flops_per_sec']
   assert 'peak_memory_bytes' in result
+
+
+def test_main_reports_a_batch_that_does_not_split_in_one_line(tmp_path):
+  """On 8 simulated devices the default batch of 100 cannot split; nothing is written."""
+  env = {
+    **os.environ,
+    'JAX_PLATFORMS': 'cpu',
+    'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+  }
+  result = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / 'main.py'),
+      f'--config={ROOT / "configs" / "default.py"}',
+      f'--workdir={tmp_path / "run"}',
+      '--config.run.compilation_cache=False',
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  (line,) = [line for line in result.stderr.splitlines() if line.startswith('E')]
+  assert line.endswith(
+    '] optim.batch_size=100 does not divide over 8 devices; use a multiple of 8, such as 96 or 104.'
+  )
+  assert not (tmp_path / 'run').exists()

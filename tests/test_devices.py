@@ -1,17 +1,15 @@
 """Devices: batch sizes that split, joining several processes, and the accelerator settings."""
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import MNIST_INFO, ROOT, tiny_config
+from conftest import MNIST_INFO, tiny_config
 
 from mlp.core import build, checkpoint, devices, steps, train
 from mlp.core.errors import UserError
+
+pytestmark = pytest.mark.unit
 
 
 def test_batch_size_that_does_not_split_names_the_nearest_that_do(monkeypatch):
@@ -21,34 +19,6 @@ def test_batch_size_that_does_not_split_names_the_nearest_that_do(monkeypatch):
     devices.check_batch_size(100)
   with pytest.raises(UserError, match=r'^eval_batch_size=3 .* such as 8 or 16\.$'):
     devices.check_batch_size(3, 'eval_batch_size')
-
-
-def test_main_reports_a_batch_that_does_not_split_in_one_line(tmp_path):
-  """On 8 simulated devices the default batch of 100 cannot split; nothing is written."""
-  env = {
-    **os.environ,
-    'JAX_PLATFORMS': 'cpu',
-    'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-  }
-  result = subprocess.run(
-    [
-      sys.executable,
-      str(ROOT / 'main.py'),
-      f'--config={ROOT / "configs" / "default.py"}',
-      f'--workdir={tmp_path / "run"}',
-      '--config.run.compilation_cache=False',
-    ],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  assert result.returncode == 1 and 'Traceback' not in result.stderr
-  (line,) = [line for line in result.stderr.splitlines() if line.startswith('E')]
-  assert line.endswith(
-    '] optim.batch_size=100 does not divide over 8 devices; use a multiple of 8, such as 96 or 104.'
-  )
-  assert not (tmp_path / 'run').exists()
 
 
 @pytest.fixture

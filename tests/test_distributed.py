@@ -19,6 +19,8 @@ import pytest
 
 from mlp.core import checkpoint
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 PLACEMENTS = ('device', 'host')
 NUMBERS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')

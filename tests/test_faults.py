@@ -20,10 +20,12 @@ from conftest import ROOT, prepare_mock, run_main, tiny_config
 from PIL import Image
 
 import input_pipeline
-from mlp.core import checkpoint, configuration, reporting, stopping, train
+from mlp.core import checkpoint, configuration, reporting, stopping, train, trainer
 from mlp.core import workdir as lock
 from mlp.core.errors import UserError
 from mlp.reader import export, predict
+
+pytestmark = pytest.mark.integration
 
 DEFAULT = str(ROOT / 'configs' / 'default.py')
 TIMING = ('epoch_seconds', 'examples_per_sec')
@@ -69,7 +71,7 @@ def straight(tmp_path, mock_mnist):
 
 def signal_after(monkeypatch, signum, boundary):
   """Sends signum to this process once the training loop has passed `boundary` step calls."""
-  calls = train.epoch_calls
+  calls = trainer.epoch_calls
   seen = []
 
   def counting(*args, **kwargs):
@@ -79,7 +81,7 @@ def signal_after(monkeypatch, signum, boundary):
         os.kill(os.getpid(), signum)
       yield item
 
-  monkeypatch.setattr(train, 'epoch_calls', counting)
+  monkeypatch.setattr(trainer, 'epoch_calls', counting)
 
 
 # Boundaries 1 and 4 are mid-epoch (steps 2 of epoch 1, 2 of epoch 2); 3 ends epoch 1.

@@ -6,6 +6,8 @@ from conftest import MNIST_INFO
 from configs import default
 from mlp.tools import flops
 
+pytestmark = pytest.mark.unit
+
 IMAGE_SHAPE, NUM_CLASSES = MNIST_INFO.image_shape, MNIST_INFO.num_classes
 
 

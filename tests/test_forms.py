@@ -15,6 +15,8 @@ from forms import jpeg50, number, ruled, shadowed, speckled, tight_crop, with_ne
 
 from mlp.reader import predict
 
+pytestmark = pytest.mark.slow
+
 PER_FORM = 120
 NUMBERS = 40  # Per length, 2 to 6 digits.
 FORMS = {

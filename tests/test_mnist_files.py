@@ -26,6 +26,8 @@ import tensorflow_datasets as tfds
 from input_pipeline import mnist_files
 from mlp.core.errors import UserError
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {'train': 30, 'test': 12}
 # The first ten labels of t10k-labels-idx1-ubyte, the original test split's order.
@@ -234,26 +236,6 @@ def test_decode_refuses_labels_that_do_not_match_the_images(tmp_path):
   labels = write_idx(tmp_path / 'labels.gz', np.zeros(4, np.uint8))
   with pytest.raises(UserError, match='one label per image'):
     mnist_files.decode('test', images, labels)
-
-
-@pytest.mark.slow
-def test_original_files_give_the_arrays_of_the_prepared_dataset(real_test_split, tmp_path):
-  """Rebuilds t10k's files from the prepared test split and reads them back in tfds's order."""
-  order = tfds_order('test', len(real_test_split))
-  original_images = np.empty_like(real_test_split.images[..., 0])
-  original_labels = np.empty_like(real_test_split.labels)
-  original_images[order], original_labels[order] = (
-    real_test_split.images[..., 0],
-    real_test_split.labels,
-  )
-  assert original_labels[:10].tolist() == FIRST_ORIGINAL_TEST_LABELS  # The order is tfds's.
-  images, labels = mnist_files.decode(
-    'test',
-    write_idx(tmp_path / 'images.gz', original_images),
-    write_idx(tmp_path / 'labels.gz', original_labels),
-  )
-  np.testing.assert_array_equal(images, real_test_split.images)
-  np.testing.assert_array_equal(labels, real_test_split.labels)
 
 
 if __name__ == '__main__':

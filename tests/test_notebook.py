@@ -11,6 +11,8 @@ import re
 import pytest
 from conftest import ROOT, TFRECORD_DIR
 
+pytestmark = pytest.mark.slow
+
 NOTEBOOK = ROOT / 'docs' / 'colab.ipynb'
 
 

@@ -2,30 +2,16 @@
 
 import numpy as np
 import pytest
-from conftest import ARRAY_RECORD_DIR
 
 import input_pipeline
 from mlp.core.errors import UserError
+
+pytestmark = pytest.mark.unit
 
 
 def synthetic(n: int) -> input_pipeline.Split:
   images = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1) * np.ones((1, 28, 28, 1), np.uint8)
   return input_pipeline.Split(images, np.arange(n, dtype=np.int32), tuple('0123456789'))
-
-
-def test_real_splits_have_the_notebook_sizes(real_config):
-  splits = input_pipeline.load_splits(real_config)
-  assert (len(splits.train), len(splits.validation), len(splits.test)) == (54000, 6000, 10000)
-  assert splits.train.images.shape[1:] == (28, 28, 1)
-  assert splits.train.images.dtype == np.uint8 and splits.train.labels.dtype == np.int32
-  assert set(np.unique(splits.test.labels)) == set(range(10))
-
-
-def test_array_record_without_tensorflow_matches_tfrecord(real_config, tmp_path):
-  from_tfrecord = input_pipeline.load_split('mnist', 'test', real_config.data.dir, tmp_path / 'a')
-  from_array_record = input_pipeline.load_split('mnist', 'test', str(ARRAY_RECORD_DIR), tmp_path)
-  np.testing.assert_array_equal(from_tfrecord.images, from_array_record.images)
-  np.testing.assert_array_equal(from_tfrecord.labels, from_array_record.labels)
 
 
 def test_validation_is_fixed_disjoint_and_depends_on_data_seed():
@@ -51,14 +37,6 @@ def test_padded_batches_keep_every_example_once():
 def test_missing_data_names_the_directory(tmp_path):
   with pytest.raises(UserError, match=str(tmp_path / 'empty')):
     input_pipeline.load_split('mnist', 'train', str(tmp_path / 'empty'), tmp_path, download=False)
-
-
-def test_cache_is_written_atomically_and_reused(real_config, tmp_path):
-  first = input_pipeline.load_split('mnist', 'test', str(ARRAY_RECORD_DIR), tmp_path)
-  cached = list((tmp_path / 'data').iterdir())
-  assert [p.suffix for p in cached] == ['.npz'] and 'mnist-3.0.1-test' in cached[0].name
-  again = input_pipeline.load_split('mnist', 'test', str(ARRAY_RECORD_DIR), tmp_path)
-  np.testing.assert_array_equal(first.images, again.images)
 
 
 def test_epoch_order_visits_every_example_once_and_changes_per_epoch():

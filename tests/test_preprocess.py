@@ -10,6 +10,8 @@ from PIL import Image, ImageDraw, ImageOps
 from mlp.core.errors import UserError
 from mlp.reader import preprocess
 
+pytestmark = pytest.mark.unit
+
 SIZE = (280, 280)
 BOX = (60, 40, 200, 240)  # Left, top, right, bottom of the 7: 140x200, MNIST's 14x20 scaled.
 

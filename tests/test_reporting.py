@@ -13,6 +13,8 @@ from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
 
 from mlp.core import configuration, reporting
 
+pytestmark = pytest.mark.unit
+
 DIGITS = tuple('0123456789')
 
 

@@ -1,6 +1,9 @@
 """docs/requirements-colab.txt, the Colab install, stays requirements.txt less two parts."""
 
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.unit
 
 
 def _requirements(text: str) -> list[str]:

@@ -28,6 +28,8 @@ from mlp.core import build, steps
 from mlp.core.errors import UserError
 from mlp.reader import load_test, predict, preprocess, serve
 
+pytestmark = pytest.mark.integration
+
 START_SECONDS = 180  # Importing JAX, restoring and compiling on a busy 2-core machine.
 REQUEST_LINE = re.compile(r'serve\.py:\d+\] \S+ (GET|POST) (\S+) (\d{3}) \d+B [\d.]+ms$')
 

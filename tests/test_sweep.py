@@ -13,6 +13,8 @@ from mlp.core.errors import UserError
 from mlp.core.fields import Role
 from mlp.tools import sweep
 
+pytestmark = pytest.mark.integration
+
 SPACE = {
   'grid': {'optim.learning_rate': (1e-3, 3e-3), 'mlp.hidden_sizes': ((4,), (8, 8))},
   'random': {'mlp.dropout_rate': ('uniform', 0.0, 0.5), 'optim.batch_size': ('log_uniform', 8, 64)},

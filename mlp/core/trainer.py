@@ -8,6 +8,7 @@ metrics sink), sweep (trial selection) and benchmark (timing) consume the same l
 
 import dataclasses
 import functools
+import statistics
 import time
 from collections.abc import Callable, Iterator
 
@@ -17,7 +18,7 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp.core import build, devices, metrics, steps
+from mlp.core import build, devices, metrics, pacing, steps
 from mlp.core.steps import TrainState
 
 # A long epoch logs how far it has got at most this often (one step call late).
@@ -109,6 +110,7 @@ class Trainer:
   train_data: TrainData
   validation: tuple[jax.Array, ...] | None  # Padded batches on the devices; None: not placed.
   steps_per_epoch: int
+  steps_per_call: int  # Chosen by mlp/core/pacing.py unless run.steps_per_call sets it.
 
   @property
   def mesh(self) -> jax.sharding.Mesh:
@@ -141,38 +143,64 @@ def setup(
     if validation is None
     else place_eval_data(validation, config.run.eval_batch_size, mesh),
     steps_per_epoch=steps_per_epoch,
+    steps_per_call=steps_per_epoch,
   )
-  return trainer, devices.replicate(state, mesh)
+  state = devices.replicate(state, mesh)
+  chunk = pacing.steps_per_call(
+    config, steps_per_epoch, functools.partial(_seconds_per_step, trainer, state)
+  )
+  return dataclasses.replace(trainer, steps_per_call=chunk), state
+
+
+def _seconds_per_step(trainer: Trainer, state: TrainState, steps: int, repeats: int = 3) -> float:
+  """Median seconds per step of calls of `steps` steps on epoch 1's batches, after a first
+  (compiling) call; on a copy of the state, which the calls donate."""
+  config = trainer.config
+  indices, mask = input_pipeline.epoch_order(
+    len(trainer.train_data.split), config.optim.batch_size, config.data.seed, 1
+  )
+  state = jax.tree.map(lambda x: x.copy(), state)
+  times = []
+  for _ in range(repeats + 1):
+    start = time.perf_counter()
+    state, sums = _call(trainer, state, indices[:steps], mask[:steps])
+    jax.block_until_ready((state, sums))
+    times.append((time.perf_counter() - start) / steps)
+  return statistics.median(times[1:])
+
+
+def _call(trainer: Trainer, state: TrainState, indices: np.ndarray, mask: np.ndarray):
+  """One jitted call training the batches of indices and mask, both (steps, batch)."""
+  programs, data = trainer.programs, trainer.train_data
+  sharding = devices.batch_sharded(programs.mesh, 1)
+  if data.on_device is not None:
+    return programs.train_on_indices(
+      state, *data.on_device, *(devices.put(x, sharding) for x in (indices, mask))
+    )
+  batches = (data.split.images[indices], data.split.labels[indices], mask)
+  return programs.train_on_batches(state, *(devices.put(x, sharding) for x in batches))
 
 
 def epoch_calls(
   trainer: Trainer, state: TrainState, epoch: int, start: int = 0
 ) -> Iterator[tuple[TrainState, metrics.Sums, int, np.ndarray]]:
-  """Trains one epoch in calls of run.steps_per_call steps, from step `start` of it.
+  """Trains one epoch in calls of trainer.steps_per_call steps, from step `start` of it.
 
   Yields after each call the state, that call's metric sums, the steps done and the last batch's
   indices: the boundaries where a run may stop and checkpoint. The device is never waited on,
   except every PROGRESS_SECONDS to log how far a long epoch has got (one call behind).
   """
-  config, programs, data = trainer.config, trainer.programs, trainer.train_data
+  config = trainer.config
   indices, mask = input_pipeline.epoch_order(
-    len(data.split), config.optim.batch_size, config.data.seed, epoch
+    len(trainer.train_data.split), config.optim.batch_size, config.data.seed, epoch
   )
   num_steps = indices.shape[0]
-  chunk = config.run.steps_per_call or num_steps
-  sharding = devices.batch_sharded(programs.mesh, 1)
+  chunk = trainer.steps_per_call
   started = last_report = time.perf_counter()
   previous = None
   for first in range(start, num_steps, chunk):
     rows = slice(first, first + chunk)
-    if data.on_device is not None:
-      batches = (indices[rows], mask[rows])
-      state, sums = programs.train_on_indices(
-        state, *data.on_device, *(devices.put(x, sharding) for x in batches)
-      )
-    else:
-      batches = (data.split.images[indices[rows]], data.split.labels[indices[rows]], mask[rows])
-      state, sums = programs.train_on_batches(state, *(devices.put(x, sharding) for x in batches))
+    state, sums = _call(trainer, state, indices[rows], mask[rows])
     now = time.perf_counter()
     if previous is not None and now - last_report > PROGRESS_SECONDS:
       jax.block_until_ready(previous)

@@ -1,0 +1,100 @@
+"""How many training steps one jitted call runs, chosen by measuring the step on this backend.
+
+A whole epoch under lax.scan is fastest for small models: one dispatch, no host in the loop.
+But XLA:CPU runs some operations (convolutions and their gradients) many times slower inside a
+loop body than as a program of their own, so a convolutional step can lose 20x in a scan. So
+with run.steps_per_call = 0 (auto) the trainer times a few steps both ways on the real data, and:
+- where the scan wins, an epoch runs in calls of about CALL_SECONDS each (the whole epoch when
+  it is shorter), so that progress can be reported and a stop honoured within seconds;
+- where one step per call wins, each call is one step, with the data still on the device.
+The choice is saved in the cache directory, keyed by what decides it, so a warm run measures
+nothing. How a run is paced never changes its numbers (run.steps_per_call is an execution field).
+"""
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import logging
+
+import input_pipeline
+from mlp.core import configuration, devices
+from mlp.core.fields import Role
+
+CALL_SECONDS = 1.5  # A scanned call's target length.
+PROBE_STEPS = 8  # The scan probe's length.
+PROBE_REPEATS = 3  # Timings of each way; the median counts.
+CACHE_FILE = 'pacing.json'
+
+
+def _key(config) -> str:
+  """What the choice depends on: the backend, the devices and everything but execution."""
+  paths = configuration.with_role(config, Role.RESULT, Role.SPLIT)
+  values = {p: configuration.get(config, p) for p in paths}
+  values |= {
+    'backend': jax.default_backend(),
+    'devices': [d.device_kind for d in jax.devices()],
+    'placement': config.run.placement,
+  }
+  return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cache_path(config) -> Path:
+  return Path(config.run.cache_dir or input_pipeline.default_cache_dir()) / CACHE_FILE
+
+
+def _read_cache(path: Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return {}
+
+
+def _measure(config, seconds_per_step: Callable[[int], float]) -> dict[str, float]:
+  """Both ways' seconds per step, from the cache or measured (and then cached)."""
+  path, key = _cache_path(config), _key(config)
+  cached = _read_cache(path).get(key)
+  if cached is not None:
+    return cached
+  times = {
+    'one_step_seconds': seconds_per_step(1),
+    'scanned_step_seconds': seconds_per_step(PROBE_STEPS),
+  }
+  if devices.is_main_process():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f'.{os.getpid()}.tmp')
+    partial.write_text(json.dumps(_read_cache(path) | {key: times}, indent=1))
+    partial.replace(path)
+  return times
+
+
+def steps_per_call(config, steps_per_epoch: int, seconds_per_step: Callable[[int], float]) -> int:
+  """run.steps_per_call if set; else the measured choice (see the module docstring).
+
+  seconds_per_step(n) times calls of n steps. With several processes, process 0's choice holds.
+  """
+  if config.run.steps_per_call:
+    return config.run.steps_per_call
+  times = _measure(config, seconds_per_step)
+  one, scanned = times['one_step_seconds'], times['scanned_step_seconds']
+  if one < scanned:
+    chunk = 1
+  else:
+    calls = max(1, round(steps_per_epoch * scanned / CALL_SECONDS))
+    chunk = -(-steps_per_epoch // calls)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    chunk = int(multihost_utils.broadcast_one_to_all(np.int32(chunk)))
+  logging.info(
+    'Pacing: %d of %d steps per call (a step takes %.3gs alone, %.3gs in a scan).',
+    chunk,
+    steps_per_epoch,
+    one,
+    scanned,
+  )
+  return chunk
