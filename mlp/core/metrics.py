@@ -41,6 +41,7 @@ PER_EXAMPLE = (
   # objective the step minimises).
   PerExample('loss', optax.softmax_cross_entropy_with_integer_labels),
   PerExample('accuracy', _top_k_accuracy(1)),
+  PerExample('top2_accuracy', _top_k_accuracy(2)),
 )
 
 
