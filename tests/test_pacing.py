@@ -9,7 +9,7 @@ pytestmark = pytest.mark.unit
 
 
 def timer(one: float, scanned: float, calls: list):
-  def seconds_per_step(steps: int) -> float:
+  def seconds_per_step(steps: int, limit: float | None) -> float:
     calls.append(steps)
     return one if steps == 1 else scanned
 

@@ -26,7 +26,7 @@ from mlp.core import configuration, devices
 from mlp.core.fields import Role
 
 CALL_SECONDS = 1.5  # A scanned call's target length.
-PROBE_STEPS = 8  # The scan probe's length.
+PROBE_STEPS = 2  # The scan probe's length: one loop iteration of SCAN_UNROLL steps.
 PROBE_REPEATS = 3  # Timings of each way; the median counts.
 CACHE_FILE = 'pacing.json'
 
@@ -54,16 +54,14 @@ def _read_cache(path: Path) -> dict:
     return {}
 
 
-def _measure(config, seconds_per_step: Callable[[int], float]) -> dict[str, float]:
+def _measure(config, seconds_per_step: Callable) -> dict[str, float]:
   """Both ways' seconds per step, from the cache or measured (and then cached)."""
   path, key = _cache_path(config), _key(config)
   cached = _read_cache(path).get(key)
   if cached is not None:
     return cached
-  times = {
-    'one_step_seconds': seconds_per_step(1),
-    'scanned_step_seconds': seconds_per_step(PROBE_STEPS),
-  }
+  one = seconds_per_step(1, None)
+  times = {'one_step_seconds': one, 'scanned_step_seconds': seconds_per_step(PROBE_STEPS, one)}
   if devices.is_main_process():
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f'.{os.getpid()}.tmp')
@@ -75,7 +73,8 @@ def _measure(config, seconds_per_step: Callable[[int], float]) -> dict[str, floa
 def steps_per_call(config, steps_per_epoch: int, seconds_per_step: Callable[[int], float]) -> int:
   """run.steps_per_call if set; else the measured choice (see the module docstring).
 
-  seconds_per_step(n) times calls of n steps. With several processes, process 0's choice holds.
+  seconds_per_step(n, limit) times calls of n steps; it may stop timing once a call's seconds
+  per step exceed limit (that way has lost). With several processes, process 0's choice holds.
   """
   if config.run.steps_per_call:
     return config.run.steps_per_call

@@ -152,9 +152,12 @@ def setup(
   return dataclasses.replace(trainer, steps_per_call=chunk), state
 
 
-def _seconds_per_step(trainer: Trainer, state: TrainState, steps: int, repeats: int = 3) -> float:
+def _seconds_per_step(
+  trainer: Trainer, state: TrainState, steps: int, limit: float | None, repeats: int = 3
+) -> float:
   """Median seconds per step of calls of `steps` steps on epoch 1's batches, after a first
-  (compiling) call; on a copy of the state, which the calls donate."""
+  (compiling) call, on a copy of the state (the calls donate it); a call slower than limit per
+  step ends the timing there."""
   config = trainer.config
   indices, mask = input_pipeline.epoch_order(
     len(trainer.train_data.split), config.optim.batch_size, config.data.seed, 1
@@ -166,6 +169,8 @@ def _seconds_per_step(trainer: Trainer, state: TrainState, steps: int, repeats: 
     state, sums = _call(trainer, state, indices[:steps], mask[:steps])
     jax.block_until_ready((state, sums))
     times.append((time.perf_counter() - start) / steps)
+    if limit is not None and len(times) > 1 and times[-1] > limit:
+      break
   return statistics.median(times[1:])
 
 
