@@ -41,7 +41,7 @@ def test_the_measurement_is_cached_per_model_and_backend(tmp_path):
   config = tiny_config(tmp_path, {'run.steps_per_call': 0})
   first = pacing.steps_per_call(config, 540, timer(0.05, 1.0, calls))
   assert pacing.steps_per_call(config, 540, timer(1.0, 0.05, calls)) == first
-  assert calls == [1, pacing.PROBE_STEPS]
+  assert calls[0] == 1 and pacing.PROBE_STEPS[0] <= calls[1] <= pacing.PROBE_STEPS[1]
   other = tiny_config(tmp_path, {'run.steps_per_call': 0, 'optim.batch_size': 20})
   pacing.steps_per_call(other, 540, timer(1.0, 0.05, calls))
   assert len(calls) == 4

@@ -26,7 +26,12 @@ from mlp.core import configuration, devices
 from mlp.core.fields import Role
 
 CALL_SECONDS = 1.5  # A scanned call's target length.
-PROBE_STEPS = 2  # The scan probe's length: one loop iteration of SCAN_UNROLL steps.
+# The scan probe's length: enough steps for a call of PROBE_SECONDS, within these bounds (a
+# call of cheap steps is mostly the call's own overhead).
+PROBE_STEPS = (2, 64)
+PROBE_SECONDS = 0.05
+# A way that is this many times slower on one timed call has lost; no more repeats of it.
+LOST_FACTOR = 3.0
 PROBE_REPEATS = 3  # Timings of each way; the median counts.
 CACHE_FILE = 'pacing.json'
 
@@ -61,7 +66,9 @@ def _measure(config, seconds_per_step: Callable) -> dict[str, float]:
   if cached is not None:
     return cached
   one = seconds_per_step(1, None)
-  times = {'one_step_seconds': one, 'scanned_step_seconds': seconds_per_step(PROBE_STEPS, one)}
+  steps = int(min(max(PROBE_SECONDS / one, PROBE_STEPS[0]), PROBE_STEPS[1]))
+  scanned = seconds_per_step(steps, LOST_FACTOR * one)
+  times = {'one_step_seconds': one, 'scanned_step_seconds': scanned}
   if devices.is_main_process():
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f'.{os.getpid()}.tmp')
@@ -74,7 +81,8 @@ def steps_per_call(config, steps_per_epoch: int, seconds_per_step: Callable[[int
   """run.steps_per_call if set; else the measured choice (see the module docstring).
 
   seconds_per_step(n, limit) times calls of n steps; it may stop timing once a call's seconds
-  per step exceed limit (that way has lost). With several processes, process 0's choice holds.
+  per step exceed limit (that way has clearly lost). With several processes, process 0's choice
+  holds.
   """
   if config.run.steps_per_call:
     return config.run.steps_per_call
