@@ -1,12 +1,13 @@
 """train_and_evaluate end to end on mocked MNIST, and on real MNIST for accuracy."""
 
 import json
+import time
 
 import numpy as np
 import pytest
 from conftest import tiny_config
 
-from mlp.core import checkpoint, configuration, metrics, train
+from mlp.core import checkpoint, configuration, metrics, reporting, train
 from mlp.core.errors import UserError
 
 pytestmark = pytest.mark.unit
@@ -43,7 +44,10 @@ def test_writes_metrics_config_and_pictures(tmp_path, mock_mnist):
   assert configuration.to_dict(configuration.load(tmp_path / 'run')) == configuration.to_dict(
     config
   )
-  for picture in ('training_curves.png', 'confusion_matrix.png', 'misclassified.png'):
+  deadline = time.monotonic() + 120  # Drawn by a child process after the run returns.
+  while (tmp_path / 'run' / reporting.PICTURE_INPUTS).exists() and time.monotonic() < deadline:
+    time.sleep(0.1)
+  for picture in reporting.PICTURES:
     assert (tmp_path / 'run' / picture).stat().st_size > 1000
 
 

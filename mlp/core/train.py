@@ -110,8 +110,6 @@ def _train(config, workdir: Path, stop: stopping.StopRequests) -> dict:
   if position.epoch >= num_epochs:
     logging.info('%s is complete (%d epochs); evaluating its checkpoint.', workdir, position.epoch)
   is_writer = devices.is_main_process()
-  if is_writer:
-    reporting.preload_matplotlib()
   sink = reporting.Metrics(
     workdir, configuration.to_dict(config), records[: position.epoch], is_writer
   )
@@ -172,7 +170,7 @@ def _train(config, workdir: Path, stop: stopping.StopRequests) -> dict:
     # Every process runs this program (it spans all devices); only process 0 draws.
     probabilities = np.asarray(run.programs.probabilities(train_state.variables, test_images))
     if is_writer and config.run.pictures:
-      reporting.save_pictures(
+      reporting.draw_in_background(
         workdir,
         epochs,
         splits.test.images,
