@@ -41,6 +41,12 @@ PROGRESS_SECONDS = 5.0
 # imports main.py, so JAX) costs more than they save. Measured on 2 shared cores, 3000 small
 # PNGs: 365 images/s in this process, 318 on 2 threads, 175 on 2 worker processes.
 MIN_PARALLEL = 64
+# Rejection: a digit the model gives less than this probability is no digit (the maximum softmax
+# probability baseline, Hendrycks & Gimpel 2017); chosen on the default run's validation split,
+# where it refuses 1% of the digits (see README, "When it is not a digit").
+MIN_CONFIDENCE = 0.5
+# A reading of compact ink as k digits pays this much log-probability per digit beyond the first.
+SPLIT_COST = 0.05
 MIN_CORES = 3
 CHUNK = 32  # Images per task sent to a worker.
 SAVED_STEM = 80  # File names under --save_preprocessed keep this much of the image's name.
@@ -141,16 +147,51 @@ def result(
   )
 
 
+def size(slots: Sequence[preprocess.Slot]) -> int:
+  """How many model inputs the slots hold, over all their readings."""
+  return sum(len(reading) for slot in slots for reading in slot)
+
+
+def decide(slots: Sequence[preprocess.Slot], probabilities: np.ndarray, info: DatasetInfo) -> dict:
+  """`result` for each slot read the way the model is surest of, or {"error"} if no digit.
+
+  probabilities: one row per input of every reading, in order. A reading's score is the
+  log-probability that all its digits are what the model reads (its best classes' product),
+  less SPLIT_COST per digit beyond the first; the highest wins (see README, "Reading numbers").
+  """
+  digits, chosen, first = [], [], 0
+  for slot in slots:
+    best = None
+    for reading in slot:
+      rows = probabilities[first : first + len(reading)]
+      first += len(reading)
+      score = np.log(rows.max(axis=1)).sum() - SPLIT_COST * (len(reading) - 1)
+      if best is None or score > best[0]:
+        best = (score, reading, rows)
+    digits.extend(best[1])
+    chosen.extend(best[2])
+  chosen = np.asarray(chosen)
+  if info.is_digits and chosen.max(axis=1).min() < MIN_CONFIDENCE:
+    weakest = int(chosen.max(axis=1).argmin())
+    guess, probability = int(chosen[weakest].argmax()), float(chosen[weakest].max())
+    return {
+      'error': f'no digit found: the ink looks like no digit the model knows (its best guess,'
+      f' {guess}, has only {probability:.0%})'
+    }
+  return result(digits, chosen, info)
+
+
 def predict_bytes(data: bytes, classify: Classify, info: DatasetInfo) -> dict:
-  """The prediction for one image file's contents, as `result` (no path); for a web server.
+  """The prediction for one image file's contents, as `decide` (no path); for a web server.
 
   Raises:
-    UserError: not an image, too large, blank or without a digit; the message is one line.
+    UserError: not an image, too large, blank or without digit-like ink; the message is one line.
   """
   shape = fit_to(info)
   image = preprocess.load_bytes(data, 'L' if shape is None else 'RGB')
-  digits = preprocess.read_digits(image) if shape is None else preprocess.fit(image, shape)
-  return result(digits, classify(np.stack([digit.pixels for digit in digits])), info)
+  slots = preprocess.read_slots(image) if shape is None else [[preprocess.fit(image, shape)]]
+  inputs = [digit.pixels for slot in slots for reading in slot for digit in reading]
+  return decide(slots, classify(np.stack(inputs)), info)
 
 
 def run(
@@ -222,12 +263,12 @@ def _preparer(count: int) -> concurrent.futures.Executor:
 def _batches(
   paths: list[Path], prepared: Iterator
 ) -> Iterator[tuple[int, list[tuple[Path, list | str]]]]:
-  """(images done, [(path, digits or error), ...]) in input order, BATCH_SIZE digits at most."""
+  """(images done, [(path, slots or error), ...]) in input order, about BATCH_SIZE inputs."""
   batch, digits, done = [], 0, 0
   for path, item in zip(paths, prepared, strict=True):
     batch.append((path, item))
     done += 1
-    digits += 0 if isinstance(item, str) else len(item)
+    digits += 0 if isinstance(item, str) else size(item)
     if digits >= BATCH_SIZE:
       yield done, batch
       batch, digits = [], 0
@@ -239,16 +280,26 @@ def _predict_batch(
   batch: list[tuple[Path, list | str]], classify: Classify, info: DatasetInfo, output: str
 ) -> int:
   """Classifies a batch's digits at once, prints each input's line; returns how many failed."""
-  pixels = [digit.pixels for _, item in batch if not isinstance(item, str) for digit in item]
+  pixels = [
+    digit.pixels
+    for _, item in batch
+    if not isinstance(item, str)
+    for slot in item
+    for reading in slot
+    for digit in reading
+  ]
   probabilities = classify(np.stack(pixels)) if pixels else np.zeros((0, info.num_classes))
   failed = first = 0
   for path, item in batch:
-    if isinstance(item, str):
+    if not isinstance(item, str):
+      count = size(item)
+      item = decide(item, probabilities[first : first + count], info)
+      first += count
+    if isinstance(item, str) or 'error' in item:
       failed += 1
-      _report_error(path, item, output)
+      _report_error(path, item if isinstance(item, str) else item['error'], output)
       continue
-    _report(str(path), result(item, probabilities[first : first + len(item)], info), output)
-    first += len(item)
+    _report(str(path), item, output)
   return failed
 
 
