@@ -147,12 +147,22 @@ def summary(workdir: Path, config, info: DatasetInfo, params) -> dict:
   )
   return {
     'run': workdir.resolve().name,
+    'title': title(config, info),
     'model': f'{config.model} ({fields})',
     'parameters': int(sum(leaf.size for leaf in jax.tree.leaves(params))),
     'dataset': info.name,
     'classes': list(info.class_names),
     'test_accuracy': _test_accuracy(workdir / reporting.METRICS_FILE),
   }
+
+
+def title(config, info: DatasetInfo) -> str:
+  """The page's header for people: 'MLP 784-50-50-10 · MNIST' (a dense model's layer sizes)."""
+  model = config.model.upper()
+  if config.model == 'mlp':
+    hidden = configuration.get(config, 'mlp.hidden_sizes')
+    model += ' ' + '-'.join(map(str, [int(np.prod(info.image_shape)), *hidden, info.num_classes]))
+  return f'{model} · {info.name.replace("_", " ").upper()}'
 
 
 def _test_accuracy(metrics_file: Path) -> float | None:
