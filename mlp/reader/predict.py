@@ -128,7 +128,8 @@ def result(
   """The json object of one image without its path (6 significant digits are plenty).
 
   One digit: {"digit", "probability", "probabilities"}; several, left to right:
-  {"number": "2026", "digits": [{"digit", "probability", "box": [x0, y0, x1, y1]}, ...]}.
+  {"number": "2026", "digits": [{"digit", "probability", "probabilities", "box": [x0, y0, x1,
+  y1]}, ...]}.
   Other datasets: {"class", "name", "probability", "probabilities"}.
   """
   rounded = [[float(f'{p:.6g}') for p in row] for row in probabilities]
@@ -141,7 +142,7 @@ def result(
   return dict(
     number=''.join(map(str, best)),
     digits=[
-      dict(digit=d, probability=row[d], box=list(digit.box))
+      dict(digit=d, probability=row[d], probabilities=row, box=list(digit.box))
       for d, row, digit in zip(best, rounded, digits, strict=True)
     ],
   )
@@ -152,25 +153,32 @@ def size(slots: Sequence[preprocess.Slot]) -> int:
   return sum(len(reading) for slot in slots for reading in slot)
 
 
-def decide(slots: Sequence[preprocess.Slot], probabilities: np.ndarray, info: DatasetInfo) -> dict:
-  """`result` for each slot read the way the model is surest of, or {"error"} if no digit.
+def choose(
+  slots: Sequence[preprocess.Slot], probabilities: np.ndarray
+) -> tuple[list[preprocess.Digit], np.ndarray]:
+  """Each slot read the way the model is surest of: the digits and their probabilities' rows.
 
   probabilities: one row per input of every reading, in order. A reading's score is the
   log-probability that all its digits are what the model reads (its best classes' product),
   less SPLIT_COST per digit beyond the first; the highest wins (see README, "Reading numbers").
   """
-  digits, chosen, first = [], [], 0
+  digits, rows, first = [], [], 0
   for slot in slots:
     best = None
     for reading in slot:
-      rows = probabilities[first : first + len(reading)]
+      these = probabilities[first : first + len(reading)]
       first += len(reading)
-      score = np.log(rows.max(axis=1)).sum() - SPLIT_COST * (len(reading) - 1)
+      score = np.log(these.max(axis=1)).sum() - SPLIT_COST * (len(reading) - 1)
       if best is None or score > best[0]:
-        best = (score, reading, rows)
+        best = (score, reading, these)
     digits.extend(best[1])
-    chosen.extend(best[2])
-  chosen = np.asarray(chosen)
+    rows.extend(best[2])
+  return digits, np.asarray(rows)
+
+
+def decide(slots: Sequence[preprocess.Slot], probabilities: np.ndarray, info: DatasetInfo) -> dict:
+  """`result` of the readings `choose` takes, or {"error"} if a digit is too unsure to be one."""
+  digits, chosen = choose(slots, probabilities)
   if info.is_digits and chosen.max(axis=1).min() < MIN_CONFIDENCE:
     weakest = int(chosen.max(axis=1).argmin())
     guess, probability = int(chosen[weakest].argmax()), float(chosen[weakest].max())
@@ -181,17 +189,23 @@ def decide(slots: Sequence[preprocess.Slot], probabilities: np.ndarray, info: Da
   return result(digits, chosen, info)
 
 
+def read_bytes(data: bytes, classify: Classify, info: DatasetInfo) -> tuple[dict, list[np.ndarray]]:
+  """`predict_bytes`, and the model inputs (28x28) of the digits the answer reads."""
+  shape = fit_to(info)
+  image = preprocess.load_bytes(data, 'L' if shape is None else 'RGB')
+  slots = preprocess.read_slots(image) if shape is None else [[preprocess.fit(image, shape)]]
+  probabilities = classify(np.stack([d.pixels for slot in slots for way in slot for d in way]))
+  answer = decide(slots, probabilities, info)
+  return answer, ([] if 'error' in answer else [d.pixels for d in choose(slots, probabilities)[0]])
+
+
 def predict_bytes(data: bytes, classify: Classify, info: DatasetInfo) -> dict:
   """The prediction for one image file's contents, as `decide` (no path); for a web server.
 
   Raises:
     UserError: not an image, too large, blank or without digit-like ink; the message is one line.
   """
-  shape = fit_to(info)
-  image = preprocess.load_bytes(data, 'L' if shape is None else 'RGB')
-  slots = preprocess.read_slots(image) if shape is None else [[preprocess.fit(image, shape)]]
-  inputs = [digit.pixels for slot in slots for reading in slot for digit in reading]
-  return decide(slots, classify(np.stack(inputs)), info)
+  return read_bytes(data, classify, info)[0]
 
 
 def run(

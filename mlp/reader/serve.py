@@ -271,20 +271,17 @@ def make_app(
 
   async def predict_route(request: Request) -> JSONResponse:
     data, filename = await _upload(request)
-    seen = []
 
-    def classify(images: np.ndarray) -> np.ndarray:
-      seen.extend(images)
-      return batcher(images)
-
-    def work() -> dict:
+    def work() -> tuple[dict, list[np.ndarray]]:
       _check_pixels(data)
-      return predict.predict_bytes(data, classify, info)
+      return predict.read_bytes(data, batcher, info)
 
     try:
-      result = await anyio.to_thread.run_sync(work, limiter=limiter)
+      result, seen = await anyio.to_thread.run_sync(work, limiter=limiter)
     except UserError as error:
       raise HTTPException(400, str(error)) from None
+    if 'error' in result:  # No digit: the model's refusal, as the reader's.
+      raise HTTPException(400, result['error'])
     if filename:
       result = {'path': filename, **result}
     if request.query_params.get('input') in ('1', 'true'):
