@@ -47,6 +47,7 @@ HIGH_PASS = 0.2  # Polarity is judged on detail finer than this share of the sid
 FLAT_SIDE = 64  # Images no larger are taken as evenly lit.
 WINDOWS = (0.06, 0.12, 0.24, 0.4)  # Closing windows tried, as shares of the longer side ...
 PLATEAU = 1.15  # ... until a wider one finds at most this much more ink.
+COARSE = 10  # Digits at most this many pixels tall are read from their greys, unbinarized.
 ANALYSIS = 4  # The ink is binarized at ANALYSIS times the box's resolution, then averaged.
 MIN_CONTRAST = 24  # Ink must differ from the background by this much (of 255)...
 NOISE_SIGMAS = 5  # ... and by this many standard deviations of the background noise.
@@ -242,6 +243,8 @@ def to_model_input(ink: np.ndarray, threshold: float) -> np.ndarray:
   """MNIST's preparation of one digit's ink (uint8, ink bright, cropped): uint8 (28, 28, 1)."""
   rows, cols = np.nonzero(ink > threshold)
   crop = Image.fromarray(ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
+  if max(crop.size) <= COARSE:  # A coarse scan: its greys say more than a binarized outline.
+    return _centre(_from_greys(crop))
   strokes = _binarize(crop, threshold, ANALYSIS * BOX)
   return _centre(_fit_box(_thicken(strokes)))
 
@@ -380,6 +383,12 @@ def _otsu(ink: np.ndarray) -> float:
     (mass[-1] * below - mass * below[-1]) ** 2, product, out=np.zeros(256), where=product > 0
   )
   return float(np.argmax(between))
+
+
+def _from_greys(crop: Image.Image) -> np.ndarray:
+  """A coarse scan's digit upsampled smoothly into the 20x20 box, its darkest ink at 255."""
+  resized = np.asarray(_resize(crop, BOX, Image.Resampling.BICUBIC), np.float32)
+  return resized * (255 / max(float(resized.max()), 1.0))
 
 
 def _binarize(crop: Image.Image, threshold: float, side: int) -> np.ndarray:
