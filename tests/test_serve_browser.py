@@ -366,8 +366,10 @@ def test_a_phone_draws_by_touch_with_the_answer_on_screen(browser, server):
     touch(page, cdp, SEVEN)
     expect(page.locator('#answer')).to_have_text('7', timeout=WAIT_MS)
     assert page.evaluate('window.scrollY') == 0  # Drawing did not scroll the page.
-    for element in ('#answer', '#pad'):
-      box = page.locator(element).bounding_box()
+    boxes = {element: page.locator(element).bounding_box() for element in ('#answer', '#pad')}
+    for element, box in boxes.items():
       assert 0 <= box['y'] and box['y'] + box['height'] <= 844, (element, box)
+    answer, pad = boxes['#answer'], boxes['#pad']
+    assert answer['y'] + answer['height'] <= pad['y'] + pad['height']  # Above or beside.
   finally:
     context.close()
