@@ -67,10 +67,11 @@ def test_cli_reads_photographed_digits_nearly_as_well_as_mnist(
   classify = predict.load_classifier(trained_mnist_workdir)
   in_memory = np.mean(classify(real_test_split.images[indices]).argmax(-1) == labels)
   assert from_photos >= 0.9 * in_memory, (from_photos, in_memory)
-  for line in lines:
-    if 'error' in line:
-      assert set(line) == {'path', 'error'}  # No digit, no number.
-      continue
+  singles = [line for line in lines if 'digit' in line]
+  assert len(singles) >= 0.97 * len(lines)  # Refused, or (rarely) cut into two digits: wrong.
+  for line in refused:
+    assert set(line) == {'path', 'error'}  # No digit, no number.
+  for line in singles:
     assert line['probability'] == max(line['probabilities'])
     assert sum(line['probabilities']) == pytest.approx(1, abs=1e-4)
 
@@ -281,12 +282,13 @@ def test_closed_stdout_ends_quietly(tmp_path, mock_mnist):
   for k in range(predict.MIN_PARALLEL + 6):  # Prepared by worker processes.
     seven(ink=0, paper=255, size=(140, 140), box=(30, 20, 100, 120)).save(folder / f'{k:03d}.png')
   command = (
-    f'{sys.executable} main.py --mode=predict --workdir={workdir} --image={folder} | head -1'
+    f'{sys.executable} main.py --mode=predict --workdir={workdir} --image={folder}'
+    ' --output=json | head -1'  # json: also a line for the digits this mock model refuses.
   )
   result = subprocess.run(
     ['bash', '-o', 'pipefail', '-c', command], cwd=ROOT, capture_output=True, text=True, timeout=300
   )
-  assert result.stdout.startswith(str(folder / '000.png'))
+  assert json.loads(result.stdout)['path'] == str(folder / '000.png')
   assert 'Traceback' not in result.stderr and 'BrokenPipe' not in result.stderr, result.stderr[
     -2000:
   ]
@@ -340,9 +342,10 @@ def test_a_line_and_a_dot_are_no_digit_for_any_model(tmp_path):
   """Refused before the model reads them: here one built and never trained."""
   model, params = build.build_model(tiny_config(tmp_path), MNIST_INFO)
   classify = predict.classifier(model, params, MNIST_INFO)
-  for points, reason in (([(40, 140), (240, 150)], 'line'), ([(140, 140), (141, 141)], 'dot')):
-    image = Image.new('L', (280, 280), 255)
-    ImageDraw.Draw(image).line(points, fill=0, width=22)
+  line, dot = (Image.new('L', (280, 280), 255) for _ in range(2))
+  ImageDraw.Draw(line).line([(40, 140), (240, 150)], fill=0, width=22)
+  ImageDraw.Draw(dot).ellipse((129, 129, 151, 151), fill=0)
+  for image, reason in ((line, 'line'), (dot, 'dot')):
     buffer = io.BytesIO()
     image.save(buffer, 'PNG')
     with pytest.raises(UserError, match=f'^no digit found: the ink is a {reason}'):

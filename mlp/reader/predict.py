@@ -46,7 +46,7 @@ MIN_PARALLEL = 64
 # where it refuses 0.15% of the digits, two thirds of them read wrong (README, "No digit found").
 MIN_CONFIDENCE = 0.4
 # A reading of compact ink as k digits pays this much log-probability per digit beyond the first.
-SPLIT_COST = 0.05
+SPLIT_COST = 0.2
 MIN_CORES = 3
 CHUNK = 32  # Images per task sent to a worker.
 SAVED_STEM = 80  # File names under --save_preprocessed keep this much of the image's name.
