@@ -136,15 +136,6 @@ def _parts(labels: np.ndarray, boxes: list[tuple[slice, slice]]) -> Reading:
   return sorted(parts, key=lambda part: part.slices[1].start)
 
 
-def _ways(part: Part, height: int, depth: int = 2) -> list[Reading]:
-  """The part as one digit and, if wide enough, cut in two, each half again (`depth` times)."""
-  halves = _in_two(part, height) if depth and _width(part) >= PAIR * height else []
-  if not halves:
-    return [[part]]
-  left, right = (_ways(half, height, depth - 1) for half in halves)
-  return [[part], *(a + b for a in left for b in right)]
-
-
 def _level_line(mask: np.ndarray, stroke: float) -> bool:
   """Whether the ink is one straight stroke nearer level than upright (upright, it is a 1).
 
