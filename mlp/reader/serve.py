@@ -4,7 +4,8 @@ Command:
   python main.py --mode=serve --workdir=runs/default-... [--port=8000] [--host=127.0.0.1]
 
 Routes:
-  GET  /             the page (mlp/static/index.html: one file, nothing fetched from elsewhere)
+  GET  /             the page (mlp/reader/static/index.html: one file, nothing fetched from
+                     elsewhere); GET /favicon.ico its icon (SVG)
   POST /api/predict  an image, as multipart/form-data (one file field) or as the raw bytes with
                      Content-Type image/* or application/octet-stream; returns the object that
                      `--mode=predict --output=json` prints ("path" is the uploaded file's name,
