@@ -36,7 +36,7 @@ CHROMIUM_ARGS = [
   '--disable-sync',
 ]
 WAIT_MS = 30_000  # A prediction takes milliseconds; the machine may be busy.
-STROKE_TO_ANSWER_MS = 150  # The issue's goal, on an idle machine; see test_answers_come_quickly.
+STROKE_TO_ANSWER_MS = 150  # The issue's goal; see test_answers_come_quickly.
 # Strokes in the drawing's own pixels (280x280), as a person draws them.
 ONE = [[(150, 40), (146, 120), (142, 240)]]
 SEVEN = [[(70, 60), (210, 55), (175, 130), (125, 240)], [(105, 145), (195, 145)]]
@@ -328,8 +328,8 @@ def test_answers_come_quickly(clean):
   timings = page.evaluate('window.timings')
   median = statistics.median(timings)
   print(f'stroke to answer: median {median:.0f} ms, {[round(t) for t in timings]}')
-  # The goal is STROKE_TO_ANSWER_MS on an idle machine; a loaded 2-core runner gets 3x.
-  assert median < 3 * STROKE_TO_ANSWER_MS, timings
+  # WebP: 39-45 ms on the loaded 2-core machine; PNG, as before, 280 ms.
+  assert median < STROKE_TO_ANSWER_MS, timings
 
 
 def test_the_runs_facts_are_shown(page, trained_mnist_workdir):
