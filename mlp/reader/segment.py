@@ -29,7 +29,7 @@ SPECK = 0.05  # Components smaller than this share of the largest one are specks
 WIDER = 1.5  # A cut-off bit above or below the digit is this much wider than the digit.
 SHARED_COLUMNS = 0.4  # Strokes sharing this share of the narrower one's columns are one digit.
 STRAY = 0.15  # Groups smaller than this share of the largest join their nearest neighbour.
-ONE_DIGIT = 1.25  # Ink at most this many times wider than tall is one digit (98% of MNIST's).
+ONE_DIGIT = 1.25  # Ink at most this wide for its height may be one digit (98% of MNIST's are).
 SPLIT = 1.0  # A group wider than this times its height may hold several digits: it is cut ...
 VALLEY = 1.5  # ... where a column crosses at most this many strokes' widths of ink ...
 WIDE = 2.0  # ... or, wider than this times its height, at its thinnest column anyway;
@@ -40,8 +40,7 @@ MIN_TALL = 3.0  # Ink, or a part of a number, at most this tall and wide is a do
 MIN_LINE = 2.5  # ... and ink wider than tall, at most this tall, is a line.
 LEVEL_LINE = 1.5  # A straight stroke is at most this many stroke widths across its axis.
 MAX_DIGITS = 12  # More parts than this are no number (text, a chart's labels).
-ONE_MAX = 1.6  # Ink up to this many times wider than tall may be one digit (a wide 0 or 2) ...
-PAIR = 0.6  # ... and a part at least this wide for its height may be two touching digits.
+PAIR = 0.6  # A part of a number at least this wide for its height may be two touching digits.
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity: diagonal pen strokes stay one component.
 
 
@@ -107,12 +106,9 @@ def readings(mask: np.ndarray) -> list[list[Reading]]:
     raise UserError(DOT)
   if len(parts) > MAX_DIGITS:
     raise UserError(MARKS)
-  if width <= ONE_MAX * height:
+  if width <= ONE_DIGIT * height:
     whole = Part((rows, cols), mask[rows, cols])
-    alternatives = [[whole], parts, _in_two(whole, height)]
-    return [
-      _distinct(alternatives if width <= ONE_DIGIT * height else alternatives[1:] + [[whole]])
-    ]
+    return [_distinct([[whole], parts, _in_two(whole, height)])]
   tallest = max(_height(p.slices) for p in parts)
   return [
     _distinct([[p], _in_two(p, tallest)]) if _width(p) >= PAIR * tallest else [[p]] for p in parts
