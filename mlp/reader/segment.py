@@ -40,6 +40,7 @@ MIN_TALL = 3.0  # Ink, or a part of a number, at most this tall and wide is a do
 MIN_LINE = 2.5  # ... and ink wider than tall, at most this tall, is a line.
 LEVEL_LINE = 1.5  # A straight stroke is at most this many stroke widths across its axis.
 MAX_DIGITS = 12  # More parts than this are no number (text, a chart's labels).
+HALF = 0.3  # Cut in two, neither piece is narrower than this times the height (a box line's bit).
 PAIR = 0.6  # A part of a number at least this wide for its height may be two touching digits.
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity: diagonal pen strokes stay one component.
 
@@ -151,7 +152,7 @@ def _in_two(part: Part, height: int) -> Reading:
   """The part cut at its thinnest column near the middle into two digits, or [] if none is."""
   ink, (rows, cols) = part.mask, part.slices
   width = ink.shape[1]
-  margin = max(1, round(NARROWEST * height))
+  margin = max(1, round(HALF * height))
   if width < 2 * margin + 1:
     return []
   columns = ink.sum(axis=0).astype(np.float64)
