@@ -109,6 +109,8 @@ def readings(mask: np.ndarray) -> list[list[Reading]]:
     raise UserError(MARKS)
   if width <= ONE_DIGIT * height:
     whole = Part((rows, cols), mask[rows, cols])
+    if len(_touches((rows, cols), mask.shape, 1)) == 1:  # A crop that cut into a neighbour:
+      return [[[whole]]]  # its bit at that edge is no digit of its own.
     return [_distinct([[whole], parts, _in_two(whole, height)])]
   tallest = max(_height(p.slices) for p in parts)
   return [
