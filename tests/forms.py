@@ -8,6 +8,7 @@ import io
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from scipy import ndimage
 
 
 def _tight(digit: np.ndarray) -> np.ndarray:
@@ -137,3 +138,87 @@ def number(digits: list[np.ndarray], rng: np.random.Generator) -> Image.Image:
     left += max(ink.shape[1] + gap, 1)
   image = _paint(page, 225, 35)
   return image.filter(ImageFilter.GaussianBlur(0.5))
+
+
+def compact_number(digits: list[np.ndarray], rng: np.random.Generator) -> Image.Image:
+  """Digits written close together: touching, overlapping a little or a hair apart."""
+  height = int(rng.integers(50, 110))
+  inks = [_scaled(_tight(d), round(height * rng.uniform(0.9, 1.0))) for d in digits]
+  gaps = [round(height * rng.uniform(-0.06, 0.04)) for _ in digits[1:]]
+  margin = height // 3
+  width = sum(ink.shape[1] for ink in inks) + sum(gaps) + 2 * margin
+  page = np.zeros((height + 2 * margin, max(width, 1)))
+  left = margin
+  for ink, gap in zip(inks, [*gaps, 0], strict=True):
+    top = margin + (height - ink.shape[0]) // 2
+    region = page[top : top + ink.shape[0], left : left + ink.shape[1]]
+    region[:] = np.maximum(region, ink[:, : region.shape[1]])
+    left += max(ink.shape[1] + gap, 1)
+  return _paint(page, 230, 30)
+
+
+def low_resolution(side: int, levels: int = 4):
+  """A coarse scan: the digit's field at side x side pixels with a few grey levels, dark ink."""
+
+  def form(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    small = Image.fromarray(digit).resize((side, side), Image.BOX)
+    ink = np.round(np.asarray(small) / 255 * (levels - 1)) / (levels - 1)
+    return _paint(ink, 240, 20)
+
+  return form
+
+
+def pad_drawing(height: int, brush: float):
+  """A digit drawn `height` px tall on the page's 280x280 pad with a round brush `brush` wide.
+
+  The digit's ink, binarized at that size, is its pen's path; the brush widens it.
+  """
+
+  def form(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    path = _scaled(_tight(digit), height) > 0.5
+    radius = max(brush / 2 - 1, 0)
+    disk = np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) <= radius + 0.5
+    ink = ndimage.binary_dilation(path, disk) if radius >= 1 else path
+    pad = np.zeros((280, 280))
+    top = int(rng.integers(10, 270 - ink.shape[0]))
+    left = int(rng.integers(10, max(11, 270 - ink.shape[1])))
+    region = pad[top : top + ink.shape[0], left : left + ink.shape[1]]
+    region[:] = ink[: region.shape[0], : region.shape[1]]
+    return _paint(pad, 255, 0)
+
+  return form
+
+
+def pad_brush(height: float) -> float:
+  """The page's brush (index.html, brushWidth) for ink `height` px tall on the 280 px pad."""
+  return min(max(0.09 * height, 6), 22)
+
+
+def non_digit(kind: str, rng: np.random.Generator) -> Image.Image:
+  """Ink that is no digit, as drawn on the pad: a line, a dot, a scribble or a shape."""
+  image = Image.new('L', (280, 280), 255)
+  draw = ImageDraw.Draw(image)
+  width = int(rng.integers(12, 24))
+  centre = rng.uniform(100, 180, 2)
+  size = rng.uniform(50, 110)
+  if kind == 'line':  # Within 30 degrees of level: a steep line is a 1.
+    angle = rng.uniform(-np.pi / 6, np.pi / 6)
+    offset = size * 1.2 * np.array([np.cos(angle), np.sin(angle)])
+    points = [tuple(centre - offset), tuple(centre + offset)]
+  elif kind == 'dot':
+    points = [tuple(centre), tuple(centre + rng.uniform(-3, 3, 2))]
+  elif kind == 'scribble':
+    points = [tuple(centre + rng.uniform(-size, size, 2)) for _ in range(int(rng.integers(8, 16)))]
+  else:  # A triangle, a square or a star, closed.
+    corners = {'triangle': 3, 'square': 4, 'star': 5}[kind]
+    turn = 2 if kind == 'star' else 1
+    start = rng.uniform(0, 2 * np.pi)
+    angles = start + 2 * np.pi * turn * np.arange(corners + 1) / corners
+    points = [tuple(centre + size * np.array([np.cos(a), np.sin(a)])) for a in angles]
+  draw.line(points, fill=0, width=width, joint='curve')
+  for x, y in (points[0], points[-1]):
+    draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=0)
+  return image
+
+
+NON_DIGITS = ('line', 'dot', 'scribble', 'triangle', 'square', 'star')

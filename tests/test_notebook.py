@@ -7,13 +7,16 @@ cell that raises; every run the notebook starts raises when it exits with an err
 import json
 import os
 import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT, TFRECORD_DIR
 
 pytestmark = pytest.mark.slow
 
 NOTEBOOK = ROOT / 'docs' / 'colab.ipynb'
+pytestmark = pytest.mark.slow
 
 
 def _text_outputs(cell) -> str:
@@ -58,3 +61,46 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, real_cache_dir):
     curve = (run_dir / f'throughput-{dtype}' / 'throughput.jsonl').read_text().splitlines()
     assert [json.loads(line)['compute_dtype'] for line in curve] == [dtype, dtype]
   assert any(f'Run directory: {run_dir}' in text for text in outputs)
+
+
+def _cell(marker: str) -> str:
+  """The source of the notebook's code cell that contains `marker`."""
+  notebook = json.loads(NOTEBOOK.read_text())
+  (source,) = [
+    ''.join(cell['source'])
+    for cell in notebook['cells']
+    if cell['cell_type'] == 'code' and marker in ''.join(cell['source'])
+  ]
+  return source
+
+
+@pytest.mark.slow
+def test_your_digit_cell_shows_a_number_and_an_error_without_stopping(
+  tmp_path, trained_mnist_workdir, real_test_split, capsys, monkeypatch
+):
+  """The "Your digit" cell's own code, run here on a number and a blank upload (running the
+  whole notebook again to reach it would train twice)."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  from PIL import Image
+
+  digits = tmp_path / 'digits'
+  digits.mkdir()
+  images, labels = real_test_split.images[:3, :, :, 0], real_test_split.labels[:3]
+  row = np.concatenate([np.pad(image, 6) for image in images], axis=1)
+  Image.fromarray(255 - row).resize((row.shape[1] * 4, row.shape[0] * 4)).save(digits / 'row.png')
+  Image.new('L', (200, 200), 255).save(digits / 'blank.png')
+  namespace = {'__name__': '__main__', 'plt': plt, 'run_dir': tmp_path}
+  exec(_cell('def run('), namespace)
+  namespace.update(workdir=trained_mnist_workdir, digit='upload', test=real_test_split)
+  monkeypatch.chdir(ROOT)  # As the notebook runs, in the checkout.
+  exec(_cell("'--mode=predict'"), namespace)
+  results = {Path(r['path']).name: r for r in namespace['results']}
+  assert results['row.png']['number'] == ''.join(map(str, labels))
+  assert results['blank.png']['error'].startswith('no ink found')
+  shown = capsys.readouterr().out
+  assert f'row.png: {namespace["caption"](results["row.png"])}' in shown
+  assert 'blank.png: no digit no ink found' in shown
+  plt.close('all')

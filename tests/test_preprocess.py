@@ -210,3 +210,50 @@ def test_ruled_lines_alone_are_no_digit():
     draw.line([(0, y), (300, y)], 150, 2)
   with pytest.raises(UserError, match='no digit found'):
     preprocess.read_digits(paper)
+
+
+def _pad(*strokes: list[tuple[int, int]], width: int = 22, size=SIZE) -> Image.Image:
+  """Strokes drawn black on white as on the page's pad."""
+  image = Image.new('L', size, 255)
+  draw = ImageDraw.Draw(image)
+  for points in strokes:
+    draw.line(points, 0, width, 'curve')
+    for x, y in (points[0], points[-1]):
+      draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), 0)
+  return image
+
+
+@pytest.mark.parametrize(
+  'strokes, reason',
+  [
+    ([[(140, 140), (141, 141)]], 'a dot'),
+    ([[(40, 140), (240, 150)]], 'a line'),
+    ([[(40, 170), (240, 100)]], 'a line'),  # 19 degrees: no 1 slants so.
+    ([[(40, 140), (140, 150), (240, 135)]], 'a line'),
+  ],
+  ids=['dot', 'level_line', 'slanted_line', 'bent_line'],
+)
+def test_dots_and_lines_are_no_digit(strokes, reason):
+  with pytest.raises(UserError, match=f'^no digit found: the ink is {reason}'):
+    preprocess.read_slots(_pad(*strokes))
+
+
+def test_a_page_of_marks_is_no_number():
+  marks = [[(15 + 20 * k, 80), (20 + 20 * k, 120)] for k in range(14)]
+  with pytest.raises(UserError, match='^no digit found: too many marks'):
+    preprocess.read_slots(_pad(*marks, width=5, size=(300, 200)))
+
+
+def test_an_upright_stroke_is_a_one_not_a_line():
+  ((reading, *_),) = preprocess.read_slots(_pad([(140, 40), (136, 240)]))
+  assert len(reading) == 1
+
+
+def test_compact_ink_is_offered_as_one_digit_and_as_two():
+  """Two 1s as close as a 0 is wide: the model decides (predict.choose)."""
+  (slot,) = preprocess.read_slots(_pad([(115, 50), (112, 230)], [(165, 50), (162, 230)]))
+  assert sorted(len(reading) for reading in slot)[:2] == [1, 2]
+  two = next(reading for reading in slot if len(reading) == 2)
+  assert two[0].box[0] < two[1].box[0]
+  for digit in two:
+    assert_like_mnist(digit.pixels)

@@ -111,6 +111,7 @@ def test_summary_is_the_runs(server, trained_mnist_workdir):
   assert facts['dataset'] == 'mnist'
   assert facts['model'] == 'mlp (hidden_sizes=(50, 50), activation=relu, dropout_rate=0.0)'
   assert facts['classes'] == [str(d) for d in range(10)]
+  assert facts['title'] == 'MLP 784-50-50-10 · MNIST'
   assert httpx.get(server.url + 'api/health').json() == {'status': 'ok', **facts}
 
 
@@ -266,3 +267,30 @@ def test_load_on_loopback(server):
 def test_load_test_refuses_other_hosts():
   with pytest.raises(UserError, match='only runs against this machine'):
     load_test.require_loopback('http://10.1.2.3:8000/')
+
+
+def test_only_its_own_host_names_are_answered_and_nothing_is_sniffed(server):
+  """A DNS-rebinding page reaches 127.0.0.1 under its own name: the Host header gives it away."""
+  port = server.url.rstrip('/').rsplit(':', 1)[1]
+  for host in ('localhost', f'localhost:{port}', f'127.0.0.1:{port}', f'[::1]:{port}'):
+    assert httpx.get(server.url + 'api/health', headers={'Host': host}).status_code == 200, host
+  for host in ('evil.example', f'evil.example:{port}', f'127.0.0.1.evil.example:{port}', ''):
+    response = httpx.get(server.url + 'api/health', headers={'Host': host})
+    assert response.status_code == 400, host
+    assert response.json()['error'].startswith('unknown host')
+    assert response.headers['x-content-type-options'] == 'nosniff'
+  replies = [httpx.get(server.url + path) for path in ('', 'api/model', 'favicon.ico', 'nowhere')]
+  replies.append(
+    httpx.post(server.url + 'api/predict', content=b'x', headers={'Content-Type': 'text/plain'})
+  )
+  for response in replies:
+    assert response.headers['x-content-type-options'] == 'nosniff', response.url
+  assert replies[2].status_code == 200 and replies[2].headers['content-type'] == 'image/svg+xml'
+
+
+def test_host_names():
+  assert serve.host_name('localhost:8000') == 'localhost'
+  assert serve.host_name('[::1]:8000') == '::1'
+  assert serve.host_name('Example.COM') == 'example.com'
+  assert serve.allowed_hosts('127.0.0.1') == {'localhost', '127.0.0.1', '::1'}
+  assert 'box.lan' in serve.allowed_hosts('box.lan')

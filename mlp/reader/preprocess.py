@@ -22,6 +22,7 @@ tight crop differs in everything else, so `find_ink` first recovers the ink:
 Example:
   image = preprocess.load('house.jpg')  # EXIF orientation applied.
   digits = preprocess.read_digits(image)  # Left to right: pixels uint8 (28, 28, 1) and box.
+  slots = preprocess.read_slots(image)  # The same, with the other ways to read compact ink.
 """
 
 import dataclasses
@@ -46,6 +47,7 @@ HIGH_PASS = 0.2  # Polarity is judged on detail finer than this share of the sid
 FLAT_SIDE = 64  # Images no larger are taken as evenly lit.
 WINDOWS = (0.06, 0.12, 0.24, 0.4)  # Closing windows tried, as shares of the longer side ...
 PLATEAU = 1.15  # ... until a wider one finds at most this much more ink.
+COARSE = 10  # Digits at most this many pixels tall are read from their greys, unbinarized.
 ANALYSIS = 4  # The ink is binarized at ANALYSIS times the box's resolution, then averaged.
 MIN_CONTRAST = 24  # Ink must differ from the background by this much (of 255)...
 NOISE_SIGMAS = 5  # ... and by this many standard deviations of the background noise.
@@ -63,6 +65,9 @@ class Digit:
 
   pixels: np.ndarray  # uint8 (28, 28, 1), ink 255 on 0.
   box: tuple[int, int, int, int]  # In the image's pixels, after EXIF orientation.
+
+
+Slot = list[list[Digit]]  # The ways to read some ink (segment.readings), the likelier first.
 
 
 def readable_suffixes() -> frozenset[str]:
@@ -106,8 +111,8 @@ def load(path: str | Path, mode: str = 'L') -> Image.Image:
 
 def prepare_file(
   path: Path, save_as: Path | None = None, fit_to: tuple[int, ...] | None = None
-) -> list[Digit] | str:
-  """The digits of an image file, or why there are none; runs in worker processes.
+) -> list[Slot] | str:
+  """The slots of an image file (`read_slots`), or why there are none; runs in worker processes.
 
   save_as, if given, is a path without suffix under which the 28x28 inputs are saved (and, for
   several digits, '<save_as>-boxes.png', the image with the digits' boxes drawn). fit_to, the
@@ -115,10 +120,10 @@ def prepare_file(
   """
   try:
     image = load(path, 'L' if fit_to is None else 'RGB')
-    digits = read_digits(image) if fit_to is None else fit(image, fit_to)
+    slots = read_slots(image) if fit_to is None else [[fit(image, fit_to)]]
     if save_as is not None:
-      save_inputs(image, digits, save_as)
-    return digits
+      save_inputs(image, [digit for slot in slots for digit in slot[0]], save_as)
+    return slots
   except UserError as error:
     return str(error)
   except Exception as error:  # A bug on one odd image must not stop a batch of thousands.
@@ -189,25 +194,34 @@ def decode(file, mode: str = 'L') -> Image.Image:
   return upright
 
 
-def read_digits(image: Image.Image) -> list[Digit]:
-  """The model inputs of the digits in a picture, left to right; one for a single digit.
+def read_slots(image: Image.Image) -> list[Slot]:
+  """The model inputs of a picture's digits: its slots left to right, each with its readings.
 
   Raises:
     UserError: the image holds no ink (blank, or too faint to tell from its noise), or only
-      ink that is no digit (ruled lines, specks).
+      ink that is no digit (ruled lines, specks, a dot, a line, a page of marks).
   """
   ink, threshold, scale = find_ink(image)
   scale *= image.info.get('scale', 1.0)
-  digits = []
-  for part in segment.digits(ink > threshold):
-    rows, cols = part.slices
-    # The digit's ink and its anti-aliased rim, without a neighbour's strokes.
-    keep = ndimage.binary_dilation(part.mask, iterations=2)
-    digit_ink = np.where(keep, ink[rows, cols], 0).astype(np.uint8)
-    box = (cols.start, rows.start, cols.stop, rows.stop)
-    box = tuple(round(v * scale) for v in box)
-    digits.append(Digit(to_model_input(digit_ink, threshold), box))
-  return digits
+  return [
+    [[_digit(part, ink, threshold, scale) for part in reading] for reading in slot]
+    for slot in segment.readings(ink > threshold)
+  ]
+
+
+def read_digits(image: Image.Image) -> list[Digit]:
+  """The digits of a picture, left to right, each slot read its likelier way without a model."""
+  return [digit for slot in read_slots(image) for digit in slot[0]]
+
+
+def _digit(part: segment.Part, ink: np.ndarray, threshold: float, scale: float) -> Digit:
+  """The model input of one part of the ink mask, and its box in the image's pixels."""
+  rows, cols = part.slices
+  # The digit's ink and its anti-aliased rim, without a neighbour's strokes.
+  keep = ndimage.binary_dilation(part.mask, iterations=2)
+  digit_ink = np.where(keep, ink[rows, cols], 0).astype(np.uint8)
+  box = tuple(round(v * scale) for v in (cols.start, rows.start, cols.stop, rows.stop))
+  return Digit(to_model_input(digit_ink, threshold), box)
 
 
 def to_mnist(image: Image.Image) -> np.ndarray:
@@ -229,6 +243,8 @@ def to_model_input(ink: np.ndarray, threshold: float) -> np.ndarray:
   """MNIST's preparation of one digit's ink (uint8, ink bright, cropped): uint8 (28, 28, 1)."""
   rows, cols = np.nonzero(ink > threshold)
   crop = Image.fromarray(ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
+  if max(crop.size) <= COARSE:  # A coarse scan: its greys say more than a binarized outline.
+    return _centre(_from_greys(crop))
   strokes = _binarize(crop, threshold, ANALYSIS * BOX)
   return _centre(_fit_box(_thicken(strokes)))
 
@@ -367,6 +383,12 @@ def _otsu(ink: np.ndarray) -> float:
     (mass[-1] * below - mass * below[-1]) ** 2, product, out=np.zeros(256), where=product > 0
   )
   return float(np.argmax(between))
+
+
+def _from_greys(crop: Image.Image) -> np.ndarray:
+  """A coarse scan's digit upsampled smoothly into the 20x20 box, its darkest ink at 255."""
+  resized = np.asarray(_resize(crop, BOX, Image.Resampling.BICUBIC), np.float32)
+  return resized * (255 / max(float(resized.max()), 1.0))
 
 
 def _binarize(crop: Image.Image, threshold: float, side: int) -> np.ndarray:

@@ -3,10 +3,13 @@
 Works on the ink mask that preprocess.py finds. `clean` drops what is not a digit: ruled or
 squared paper's lines and box lines (long straight runs much thinner than the strokes), specks
 (tiny beside the largest stroke) and bits of a neighbouring digit cut by the crop (touching an
-edge that the digit leaves free). `digits` reads ink hardly wider than tall as one digit; wider ink
-is grouped into digits by the columns its strokes share (a broken 5 or 4 stays whole), and
-groups wider than tall are cut at thin columns (touching digits), so a house number or a year
-reads as several digits."""
+edge that the digit leaves free). `readings` then refuses ink that cannot be digits (a dot, a
+line, a page of marks) and says how the rest may be read: ink is grouped into digits by the
+columns its strokes share (a broken 5 or 4 stays whole), and groups wider than tall are cut at
+thin columns (touching digits), so a house number or a year reads as several digits. Where the
+shape alone cannot tell one digit from two (a compact "11", "10" or "35" filling a square), each
+way is kept as an alternative, and predict.py takes the one the model reads with more confidence.
+"""
 
 import dataclasses
 
@@ -16,6 +19,9 @@ from scipy import ndimage
 from mlp.core.errors import UserError
 
 NO_DIGIT = 'no digit found: the image holds only lines or specks, no digit-like ink'
+DOT = 'no digit found: the ink is a dot or a short dash, not a digit'
+LINE = 'no digit found: the ink is a line, far wider than it is tall'
+MARKS = 'no digit found: too many marks for a number (a page of text, a chart, a screenshot?)'
 LINED_SIDE = 64  # Smaller crops hold no ruled lines to remove.
 LINE_LENGTH = 0.6  # A line runs over at least this share of the image's width (or height)...
 LINE_THICKNESS = 0.5  # ... and is thinner than this share of the strokes' width.
@@ -23,12 +29,19 @@ SPECK = 0.05  # Components smaller than this share of the largest one are specks
 WIDER = 1.5  # A cut-off bit above or below the digit is this much wider than the digit.
 SHARED_COLUMNS = 0.4  # Strokes sharing this share of the narrower one's columns are one digit.
 STRAY = 0.15  # Groups smaller than this share of the largest join their nearest neighbour.
-ONE_DIGIT = 1.25  # Ink at most this many times wider than tall is one digit (98% of MNIST's).
+ONE_DIGIT = 1.25  # Ink at most this wide for its height may be one digit (98% of MNIST's are).
 SPLIT = 1.0  # A group wider than this times its height may hold several digits: it is cut ...
 VALLEY = 1.5  # ... where a column crosses at most this many strokes' widths of ink ...
 WIDE = 2.0  # ... or, wider than this times its height, at its thinnest column anyway;
 NARROWEST = 0.2  # No piece is narrower than this times the digits' height (a 1) ...
 TALL = 0.65  # ... nor shorter than this times it.
+# Ink shapes that are no digit, in stroke widths (MNIST's digits: 99.5% are over 4.9 tall).
+MIN_TALL = 3.0  # Ink, or a part of a number, at most this tall and wide is a dot or a dash ...
+MIN_LINE = 2.5  # ... and ink wider than tall, at most this tall, is a line.
+LEVEL_LINE = 1.5  # A straight stroke is at most this many stroke widths across its axis.
+MAX_DIGITS = 12  # More parts than this are no number (text, a chart's labels).
+HALF = 0.3  # Cut in two, neither piece is narrower than this times the height (a box line's bit).
+PAIR = 0.6  # A part of a number at least this wide for its height may be two touching digits.
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity: diagonal pen strokes stay one component.
 
 
@@ -68,16 +81,50 @@ def clean(mask: np.ndarray) -> np.ndarray:
   return keep[labels - 1] & mask
 
 
-def digits(mask: np.ndarray) -> list[Part]:
-  """The digits of an ink mask, left to right; UserError if it holds none."""
+Reading = list[Part]  # One way to read some ink: its digits, left to right.
+
+
+def readings(mask: np.ndarray) -> list[list[Reading]]:
+  """The ink's slots left to right, each with its possible readings, the likelier first.
+
+  A slot is ink that is either one digit or several; most have a single reading. Raises
+  UserError for ink that is no digit: nothing, a dot, a line or a page of marks.
+  """
   mask = clean(mask)
   labels, count = ndimage.label(mask, EIGHT)
   if count == 0:
     raise UserError(NO_DIGIT)
   boxes = ndimage.find_objects(labels)
   rows, cols = _union(boxes)
-  if cols.stop - cols.start <= ONE_DIGIT * (rows.stop - rows.start):
-    return [Part((rows, cols), mask[rows, cols])]
+  height, width = rows.stop - rows.start, cols.stop - cols.start
+  stroke = stroke_width(mask)
+  if max(height, width) <= MIN_TALL * stroke:
+    raise UserError(DOT)
+  if (width > height and height <= MIN_LINE * stroke) or _level_line(mask, stroke):
+    raise UserError(LINE)
+  parts = [p for p in _parts(labels, boxes) if _height(p.slices) > MIN_TALL * stroke]
+  if not parts:
+    raise UserError(DOT)
+  if len(parts) > MAX_DIGITS:
+    raise UserError(MARKS)
+  if width <= ONE_DIGIT * height:
+    whole = Part((rows, cols), mask[rows, cols])
+    if len(_touches((rows, cols), mask.shape, 1)) == 1:  # A crop that cut into a neighbour:
+      return [[[whole]]]  # its bit at that edge is no digit of its own.
+    return [_distinct([[whole], parts, _in_two(whole, height)])]
+  tallest = max(_height(p.slices) for p in parts)
+  return [
+    _distinct([[p], _in_two(p, tallest)]) if _width(p) >= PAIR * tallest else [[p]] for p in parts
+  ]
+
+
+def digits(mask: np.ndarray) -> Reading:
+  """The digits of an ink mask, left to right, each slot read its likelier way (no model)."""
+  return [part for slot in readings(mask) for part in slot[0]]
+
+
+def _parts(labels: np.ndarray, boxes: list[tuple[slice, slice]]) -> Reading:
+  """Components grouped into digits by shared columns, wide groups cut: left to right."""
   groups = _groups(boxes, np.bincount(labels.ravel())[1:])
   height = max(_height(_union(boxes[i] for i in group)) for group in groups)
   parts = []
@@ -86,6 +133,53 @@ def digits(mask: np.ndarray) -> list[Part]:
     ink = np.isin(labels[rows, cols], [i + 1 for i in members])
     parts.extend(_split(ink, rows, cols, height))
   return sorted(parts, key=lambda part: part.slices[1].start)
+
+
+def _level_line(mask: np.ndarray, stroke: float) -> bool:
+  """Whether the ink is one straight stroke nearer level than upright (upright, it is a 1).
+
+  Its spread across its main axis (the ink's second moments) is about a stroke's width.
+  """
+  rows, cols = np.nonzero(mask)
+  if rows.size < 2:
+    return False
+  covariance = np.cov(np.stack([rows, cols]).astype(np.float64))
+  values, vectors = np.linalg.eigh(covariance)
+  across = 2 * np.sqrt(max(values[0], 0.0))  # About the width of a uniform band: sqrt(12) / 2.
+  level = abs(vectors[1, 1]) > abs(vectors[0, 1])  # The main axis runs more along the columns.
+  return level and across <= LEVEL_LINE * stroke
+
+
+def _in_two(part: Part, height: int) -> Reading:
+  """The part cut at its thinnest column near the middle into two digits, or [] if none is."""
+  ink, (rows, cols) = part.mask, part.slices
+  width = ink.shape[1]
+  margin = max(1, round(HALF * height))
+  if width < 2 * margin + 1:
+    return []
+  columns = ink.sum(axis=0).astype(np.float64)
+  distance = np.abs(np.arange(width) - width / 2) / width
+  cut = margin + int(np.argmin((columns + stroke_width(ink) * distance)[margin : width - margin]))
+  pieces = [
+    _trimmed(ink[:, :cut], rows, cols.start),
+    _trimmed(ink[:, cut:], rows, cols.start + cut),
+  ]
+  return pieces if all(p.mask.shape[0] >= TALL * height for p in pieces) else []
+
+
+def _distinct(alternatives: list[Reading]) -> list[Reading]:
+  """The non-empty readings, each once (by their boxes), in order."""
+  seen, kept = set(), []
+  for reading in alternatives:
+    key = tuple((r.start, r.stop, c.start, c.stop) for r, c in (p.slices for p in reading))
+    if reading and key not in seen:
+      seen.add(key)
+      kept.append(reading)
+  return kept
+
+
+def _width(part: Part) -> int:
+  return part.slices[1].stop - part.slices[1].start
 
 
 def _without_lines(mask: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@ Command:
   python main.py --mode=serve --workdir=runs/default-... [--port=8000] [--host=127.0.0.1]
 
 Routes:
-  GET  /             the page (mlp/static/index.html: one file, nothing fetched from elsewhere)
+  GET  /             the page (mlp/reader/static/index.html: one file, nothing fetched from
+                     elsewhere); GET /favicon.ico its icon (SVG)
   POST /api/predict  an image, as multipart/form-data (one file field) or as the raw bytes with
                      Content-Type image/* or application/octet-stream; returns the object that
                      `--mode=predict --output=json` prints ("path" is the uploaded file's name,
@@ -13,9 +14,13 @@ Routes:
   GET  /api/health   {"status": "ok", ...the run's summary}
   GET  /api/model    the run's summary: model, dataset, classes, test accuracy.
 
-Errors are JSON {"error": "<one line>"}: 400 not an image or blank, 413 over MAX_BYTES or
-MAX_PIXELS, 415 another content type, 404/405 for other routes; 500 (the traceback stays in the
+Errors are JSON {"error": "<one line>"}: 400 not an image, blank or no digit, 413 over MAX_BYTES
+or MAX_PIXELS, 415 another content type, 404/405 for other routes; 500 (the traceback stays in the
 server's log). Uploads stay in memory and no name from a client is ever opened.
+
+Only requests whose Host header names the server (localhost, 127.0.0.1, ::1 or the --host it
+listens on) are answered; others get 400, so that a web page whose domain an attacker points at
+127.0.0.1 (DNS rebinding) cannot use the API. Every reply carries X-Content-Type-Options: nosniff.
 
 Images are decoded and prepared on at most PREPARE_THREADS threads; their model inputs go to one
 inference thread (`Batcher`) that classifies whatever has queued up meanwhile in one padded
@@ -47,7 +52,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from input_pipeline import DatasetInfo
@@ -67,6 +72,12 @@ SECURITY_HEADERS = {
   'X-Content-Type-Options': 'nosniff',
 }
 RAW_TYPES = ('image/', 'application/octet-stream')
+NOSNIFF = (b'x-content-type-options', b'nosniff')
+# A white 7 on the page's blue: its icon, so that browsers find no 404.
+FAVICON = (
+  '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3"'
+  ' fill="#0b5cad"/><path d="M4 4h8l-4 9" fill="none" stroke="#fff" stroke-width="2"/></svg>'
+)
 
 Classify = Callable[[np.ndarray], np.ndarray]
 
@@ -137,12 +148,22 @@ def summary(workdir: Path, config, info: DatasetInfo, params) -> dict:
   )
   return {
     'run': workdir.resolve().name,
+    'title': title(config, info),
     'model': f'{config.model} ({fields})',
     'parameters': int(sum(leaf.size for leaf in jax.tree.leaves(params))),
     'dataset': info.name,
     'classes': list(info.class_names),
     'test_accuracy': _test_accuracy(workdir / reporting.METRICS_FILE),
   }
+
+
+def title(config, info: DatasetInfo) -> str:
+  """The page's header for people: 'MLP 784-50-50-10 · MNIST' (a dense model's layer sizes)."""
+  model = config.model.upper()
+  if config.model == 'mlp':
+    hidden = configuration.get(config, 'mlp.hidden_sizes')
+    model += ' ' + '-'.join(map(str, [int(np.prod(info.image_shape)), *hidden, info.num_classes]))
+  return f'{model} · {info.name.replace("_", " ").upper()}'
 
 
 def _test_accuracy(metrics_file: Path) -> float | None:
@@ -229,14 +250,19 @@ async def _upload(request: Request) -> tuple[bytes, str | None]:
   return await files[0].read(), files[0].filename
 
 
-def make_app(workdir: Path, config, info: DatasetInfo, params, batcher: Batcher) -> Starlette:
-  """The Starlette app: the page, the API and JSON errors around them."""
+def make_app(
+  workdir: Path, config, info: DatasetInfo, params, batcher: Batcher, host: str = '127.0.0.1'
+):
+  """The ASGI app: the page, the API and JSON errors around them, for requests to `host`."""
   facts = summary(workdir, config, info, params)
   page = PAGE.read_text()
   limiter = anyio.CapacityLimiter(PREPARE_THREADS)
 
   async def index(request: Request) -> HTMLResponse:
     return HTMLResponse(page, headers=SECURITY_HEADERS)
+
+  async def favicon(request: Request) -> Response:
+    return Response(FAVICON, media_type='image/svg+xml', headers=SECURITY_HEADERS)
 
   async def health(request: Request) -> JSONResponse:
     return JSONResponse({'status': 'ok', **facts})
@@ -246,20 +272,17 @@ def make_app(workdir: Path, config, info: DatasetInfo, params, batcher: Batcher)
 
   async def predict_route(request: Request) -> JSONResponse:
     data, filename = await _upload(request)
-    seen = []
 
-    def classify(images: np.ndarray) -> np.ndarray:
-      seen.extend(images)
-      return batcher(images)
-
-    def work() -> dict:
+    def work() -> tuple[dict, list[np.ndarray]]:
       _check_pixels(data)
-      return predict.predict_bytes(data, classify, info)
+      return predict.read_bytes(data, batcher, info)
 
     try:
-      result = await anyio.to_thread.run_sync(work, limiter=limiter)
+      result, seen = await anyio.to_thread.run_sync(work, limiter=limiter)
     except UserError as error:
       raise HTTPException(400, str(error)) from None
+    if 'error' in result:  # No digit: the model's refusal, as the reader's.
+      raise HTTPException(400, result['error'])
     if filename:
       result = {'path': filename, **result}
     if request.query_params.get('input') in ('1', 'true'):
@@ -274,6 +297,7 @@ def make_app(workdir: Path, config, info: DatasetInfo, params, batcher: Batcher)
 
   routes = [
     Route('/', index),
+    Route('/favicon.ico', favicon),
     Route('/api/health', health),
     Route('/api/model', model),
     Route('/api/predict', predict_route, methods=['POST']),
@@ -281,7 +305,54 @@ def make_app(workdir: Path, config, info: DatasetInfo, params, batcher: Batcher)
   app = Starlette(
     routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}
   )
-  return _LogRequests(app)
+  return _LogRequests(_Guard(app, allowed_hosts(host)))
+
+
+def allowed_hosts(host: str) -> frozenset[str]:
+  """The Host header names (without port) that reach this server: loopback's and `host`.
+
+  Listening on every interface (0.0.0.0 or ::) adds this machine's name and addresses.
+  """
+  names = {'localhost', '127.0.0.1', '::1', host.strip('[]').lower()}
+  if host in ('0.0.0.0', '::', ''):
+    with contextlib.suppress(OSError):
+      name, aliases, addresses = socket.gethostbyname_ex(socket.gethostname())
+      names.update(n.lower() for n in (name, *aliases, *addresses))
+  return frozenset(names)
+
+
+def host_name(header: str) -> str:
+  """The name in a Host header, without its port: 'localhost:8000' -> 'localhost', '[::1]:80'."""
+  header = header.strip().lower()
+  if header.startswith('['):
+    return header[1 : header.find(']')] if ']' in header else header
+  return header.rsplit(':', 1)[0] if header.count(':') == 1 else header
+
+
+class _Guard:
+  """ASGI middleware: 400 for a foreign Host header; nosniff on every reply."""
+
+  def __init__(self, app, hosts: frozenset[str]):
+    self.app = app
+    self.hosts = hosts
+
+  async def __call__(self, scope, receive, send):
+    if scope['type'] != 'http':
+      return await self.app(scope, receive, send)
+
+    async def sending(message):
+      if message['type'] == 'http.response.start':
+        headers = [(k, v) for k, v in message.get('headers', []) if k.lower() != NOSNIFF[0]]
+        message = {**message, 'headers': [*headers, NOSNIFF]}
+      await send(message)
+
+    host = dict(scope.get('headers', [])).get(b'host', b'').decode('latin-1')
+    if host_name(host) in self.hosts:
+      return await self.app(scope, receive, sending)
+    refused = JSONResponse(
+      {'error': f'unknown host {host!r}: open the page at the address the server printed'}, 400
+    )
+    await refused(scope, receive, sending)
 
 
 class _LogRequests:
@@ -333,7 +404,7 @@ def run(workdir: str, host: str, port: int) -> int:
   config, info, model, params = checkpoint.restore_for_inference(workdir)
   sock = _listen(host, port)
   batcher = Batcher(model, params, info).start()
-  app = make_app(workdir, config, info, params, batcher)
+  app = make_app(workdir, config, info, params, batcher, host)
   name, bound_port = sock.getsockname()[:2]
   url = f'http://{f"[{name}]" if ":" in name else name}:{bound_port}/'
   if not _is_loopback(host):
