@@ -57,7 +57,6 @@ FLOORS |= {'pad_40px_tall': 0.85, 'pad_60px_tall': 0.9, 'compact_number': 0.5}
 NON_DIGIT_REFUSED = {'line': 0.95, 'dot': 0.95, 'scribble': 0.0, 'triangle': 0.0}
 NON_DIGIT_REFUSED |= {'square': 0.0, 'star': 0.0}
 NON_DIGIT_COUNT = 40
-pytestmark = pytest.mark.slow
 
 
 def test_cli_reads_every_form_nearly_as_well_as_mnist(

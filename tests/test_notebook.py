@@ -16,7 +16,6 @@ from conftest import ROOT, TFRECORD_DIR
 pytestmark = pytest.mark.slow
 
 NOTEBOOK = ROOT / 'docs' / 'colab.ipynb'
-pytestmark = pytest.mark.slow
 
 
 def _text_outputs(cell) -> str:

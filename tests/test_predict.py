@@ -87,7 +87,6 @@ def test_export_predicts_as_the_checkpoint_without_this_code(
 import jax
 import numpy as np
 
-pytestmark = pytest.mark.integration
 with open({str(path)!r}, 'rb') as f:
   model = jax.export.deserialize(f.read())
 images = np.load('images.npy')
