@@ -7,6 +7,7 @@ know of its dataset (image shape, class names) comes from the tfds builder's inf
 with the arrays and saved with the run as DatasetInfo.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -198,17 +199,38 @@ def load_split(
     data = _read_with_tfds(name, split, data_path, download)
   cache_file = _cache_file(name, split, data_path, cache_dir)
   if cache_file is not None:
+    _write_cache(cache_file, data)
+  return data
+
+
+def _write_cache(cache_file: Path, data: Split) -> None:
+  """Writes atomically; a failure (disk full, a file where the directory belongs) removes the
+  partial file and is a one-line error naming run.cache_dir."""
+  partial = cache_file.with_suffix(f'.{os.getpid()}.tmp.npz')
+  try:
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache_file.with_suffix(f'.{os.getpid()}.tmp.npz')
     np.savez(partial, images=data.images, labels=data.labels, class_names=data.class_names)
     partial.replace(cache_file)
-  return data
+  except OSError as error:
+    raise UserError(
+      f'Cannot write the data cache {cache_file} ({error.strerror or error}); free space there '
+      'or set --config.run.cache_dir to a writable directory.'
+    ) from None
+  finally:
+    with contextlib.suppress(OSError):
+      partial.unlink(missing_ok=True)
 
 
 def split_off_validation(train: Split, fraction: float, data_seed: int) -> tuple[Split, Split]:
   """A fixed validation split: the same examples for every epoch and every run with data_seed."""
   order = np.random.default_rng(data_seed).permutation(len(train))
   num_validation = round(len(train) * fraction)
+  if not 0 < num_validation < len(train):  # An empty split's means are NaN; no batch to train.
+    kept = 'no validation examples' if num_validation == 0 else 'no training examples'
+    raise UserError(
+      f'data.validation_fraction={fraction} leaves {kept} of {len(train)}; use a fraction '
+      f'between {1 / len(train):.2g} and {1 - 1 / len(train):.6g}, such as 0.1.'
+    )
   validation = np.sort(order[:num_validation])
   remaining = np.sort(order[num_validation:])
   return _take(train, remaining), _take(train, validation)

@@ -11,6 +11,7 @@ before it is used; read-only modes only skip it.
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from input_pipeline import DatasetInfo
-from mlp.core import build, configuration, devices, steps
+from mlp.core import build, configuration, devices, hints, steps
 from mlp.core.errors import UserError
 
 # Bump when the train state's structure changes; older checkpoints are then refused clearly.
@@ -48,6 +49,48 @@ class Position:
     if self.epoch_sums is None:
       return None
     return {name: np.float32(value) for name, value in self.epoch_sums.items()}
+
+  def __str__(self) -> str:
+    """Epochs counted from 1, as the epoch lines and the stop message count them."""
+    done = f'epoch {self.epoch} done' if self.epoch else 'no epoch done'
+    return done + (
+      f', {self.epoch_steps} steps into epoch {self.epoch + 1}' if self.epoch_steps else ''
+    )
+
+  def past(self, num_epochs: int) -> bool:
+    """Whether training from here on would go beyond num_epochs."""
+    return self.epoch > num_epochs or (self.epoch == num_epochs and self.epoch_steps > 0)
+
+
+def furthest_position(workdir: Path) -> Position | None:
+  """The Position of the newest checkpoint whose meta file reads, without opening orbax.
+
+  Cheap enough to ask before a run starts (and before it rewrites config.json).
+  """
+  found = (Path(workdir) / CHECKPOINT_DIR).glob('*/meta/metadata')
+  for path in sorted(
+    found, key=lambda p: -int(p.parents[1].name) if p.parents[1].name.isdigit() else 0
+  ):
+    try:
+      meta = json.loads(path.read_text())
+      return Position(**{f.name: meta[f.name] for f in dataclasses.fields(Position)})
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+  return None
+
+
+def check_end(workdir: Path, num_epochs: int) -> None:
+  """Refuses a resume whose checkpoint is already past the requested end.
+
+  Its test metrics would come from parameters trained longer than the config says.
+  """
+  position = furthest_position(workdir)
+  if position is not None and position.past(num_epochs):
+    needed = position.epoch + (1 if position.epoch_steps else 0)
+    raise UserError(
+      f'{workdir} holds a checkpoint past optim.num_epochs={num_epochs} ({position}); use '
+      f'--config.optim.num_epochs={needed} or more to finish it, or a new --workdir.'
+    )
 
 
 def open_manager(workdir: Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
@@ -198,7 +241,7 @@ def restore_latest(
       aside = _set_aside(workdir, [bad for bad, _ in unreadable])
       logging.warning('Set unreadable checkpoints aside in %s; resuming from %s.', aside, path)
       manager = open_manager(workdir, keep)
-    logging.info('Restored checkpoint %s (%s).', path, position)
+    logging.info('Restored checkpoint %s: %s.', path, position)
     return manager, state, position
   if unreadable:
     manager.close()
@@ -234,6 +277,6 @@ def restore_for_inference(
   if state is None:
     raise UserError(
       f'No checkpoint in {Path(workdir) / CHECKPOINT_DIR}; train first: '
-      f'python main.py --config=configs/default.py --workdir={workdir}'
+      f'{hints.train_command(config, Path(workdir))}'
     )
   return config, info, model, state.params

@@ -166,9 +166,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     field, value = SCHEMA[path], get(config, path)
     if value is not None and not field.valid(value):
       raise UserError(f'Invalid config: {path}={value!r}: expected {field.expected}.')
-  if config.optim.warmup_epochs > config.optim.num_epochs:
+  cosine = config.optim.schedule == 'cosine'  # Its decay needs at least one step after warm-up.
+  if config.optim.warmup_epochs > config.optim.num_epochs or (
+    cosine and config.optim.warmup_epochs >= config.optim.num_epochs
+  ):
+    bound = 'below' if cosine else 'at most'
     raise UserError(
-      f'Invalid config: optim.warmup_epochs={config.optim.warmup_epochs!r}: expected at most '
+      f'Invalid config: optim.warmup_epochs={config.optim.warmup_epochs!r}: expected {bound} '
       f'optim.num_epochs ({config.optim.num_epochs}).'
     )
 

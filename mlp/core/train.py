@@ -153,6 +153,7 @@ def _check_config(config, workdir: Path) -> None:
         f'{workdir} holds a run with another config ({conflicts}); '
         'use a new --workdir or the same settings.'
       )
+  checkpoint.check_end(workdir, config.optim.num_epochs)
   if devices.is_main_process():
     configuration.save(config, workdir)
 
@@ -212,7 +213,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   lock.prepare(workdir)
   with lock.locked(workdir), stopping.StopRequests() as stop:
     _check_config(config, workdir)
-    return _train(config, workdir, stop)
+    result = _train(config, workdir, stop)
+    if stop.signum:  # It came after the last boundary: the run finished, and says so.
+      raise stopping.Stopped(
+        f'{stop.name} came after the last training step; the run in {workdir} is complete.',
+        stop.signum,
+      )
+    return result
 
 
 def _train(config, workdir: Path, stop: stopping.StopRequests) -> dict:
