@@ -213,12 +213,19 @@ def run(
 
 def _check_stdout() -> None:
   """Refuses to start when stdout is closed (`>&-`): every answer would vanish, silently."""
+  closed = UserError(
+    'stdout is closed, so the answers have nowhere to go; redirect it (> answers.txt).'
+  )
+  if sys.stdout is None:  # How Python starts when file descriptor 1 is closed.
+    raise closed
   try:
-    os.fstat(sys.stdout.fileno())
+    descriptor = sys.stdout.fileno()
   except (AttributeError, ValueError, OSError):
-    raise UserError(
-      'stdout is closed, so the answers have nowhere to go; redirect it (> answers.txt).'
-    ) from None
+    return  # Not a file (a notebook, a test's capture): it takes the writes.
+  try:
+    os.fstat(descriptor)
+  except OSError:
+    raise closed from None
 
 
 def _drop_stdout() -> None:
