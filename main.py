@@ -178,12 +178,13 @@ def run(mode_name: str) -> int:
   mode = check_flags(mode_name)
   import jax
 
-  from mlp.core import devices, limits
+  from mlp.core import configuration, devices, limits
 
   devices.initialize_distributed(
     FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed
   )
   config = load_saved(FLAGS.workdir) if mode.reads == 'workdir' else FLAGS.config
+  configuration.validate(config)
   devices.configure_runtime(config)
   if 'sweep' not in config:  # A sweep's trials are checked one by one.
     limits.check(config)
@@ -199,14 +200,19 @@ def run(mode_name: str) -> int:
   return mode.run()
 
 
+# Orbax's notes that repeat what this code reports in its own line: its warning on every
+# read-only open (eval, predict, export, serve) and its error on each damaged metadata file.
+ORBAX_ECHOES = ('directory is read only', 'Failed to json parse')
+
+
 class _OwnInfoOnly(std_logging.Filter):
   """Keeps libraries' INFO chatter (orbax, jax) off the console; their warnings still show."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     path = record.pathname
     own = path.startswith(PROJECT_DIR) and 'site-packages' not in path
-    if not own and 'directory is read only' in str(record.msg):
-      return False  # Orbax's note on every read-only open: eval, predict, export and serve.
+    if not own and any(echo in str(record.msg) for echo in ORBAX_ECHOES):
+      return False
     return own or record.levelno >= std_logging.WARNING
 
 

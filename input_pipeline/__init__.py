@@ -184,6 +184,7 @@ def load_split(
   damaged otherwise (disk, user) is decoded again, with a warning.
   """
   data_path = resolve_data_dir(data_dir)
+  _check_cache_dir(Path(cache_dir or default_cache_dir()))
   cache_file = _cache_file(name, split, data_path, cache_dir)
   if cache_file is not None and cache_file.exists():
     try:
@@ -201,6 +202,16 @@ def load_split(
   if cache_file is not None:
     _write_cache(cache_file, data)
   return data
+
+
+def _check_cache_dir(cache_dir: Path) -> None:
+  """A file where the cache directory belongs fails now, not after a minute of decoding."""
+  for path in (cache_dir, cache_dir / 'data'):
+    if path.exists() and not path.is_dir():
+      raise UserError(
+        f'run.cache_dir={cache_dir}: {path} is a file, not a directory; move it away or set '
+        '--config.run.cache_dir to a directory.'
+      )
 
 
 def _write_cache(cache_file: Path, data: Split) -> None:

@@ -42,7 +42,7 @@ def left_as_found(workdir: Path, config_file: str = 'config.json') -> Iterator[N
   a new checkpoint or epoch line exists the run has made progress, and everything stays.
   """
   workdir = Path(workdir)
-  existed = workdir.exists()
+  created = [p for p in (workdir, *workdir.parents) if not p.exists()]  # runs/ too, for one.
   config = workdir / config_file
   old_config = config.read_bytes() if config.is_file() else None
   progress = _progress(workdir)
@@ -51,7 +51,7 @@ def left_as_found(workdir: Path, config_file: str = 'config.json') -> Iterator[N
   except BaseException:
     if _progress(workdir) == progress:
       with contextlib.suppress(OSError):
-        _restore(workdir, existed, config, old_config)
+        _restore(created, config, old_config)
     raise
 
 
@@ -65,9 +65,11 @@ def _progress(workdir: Path) -> tuple[set[str], int]:
   return steps, size
 
 
-def _restore(workdir: Path, existed: bool, config: Path, old_config: bytes | None) -> None:
-  if not existed:
-    shutil.rmtree(workdir, ignore_errors=True)
+def _restore(created: list[Path], config: Path, old_config: bytes | None) -> None:
+  if created:
+    shutil.rmtree(created[0], ignore_errors=True)
+    for parent in created[1:]:
+      parent.rmdir()  # Empty unless another process wrote there meanwhile: then it stays.
   elif old_config is None:
     config.unlink(missing_ok=True)
   elif not config.is_file() or config.read_bytes() != old_config:
