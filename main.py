@@ -1,5 +1,11 @@
 """Trains, benchmarks and uses an image classifier: `python main.py --config=configs/default.py`."""
 
+from mlp.core import stopping
+
+# First of all: a signal during the imports below is one line and 130 or 143 too (a library's
+# import swallowed a plain KeyboardInterrupt there, and the run went on).
+stopping.exit_on_signals()
+
 import dataclasses
 import logging as std_logging
 import re
@@ -11,7 +17,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mlp.core import faults, stopping
+from mlp.core import faults
 from mlp.core.errors import UserError
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).')
@@ -47,10 +53,18 @@ def run_name(argv: list[str]) -> str:
   """The config file's name and the fields overridden on the command line, for a new workdir.
 
   'default-optim.batch_size=50': a run is not named after a config that no longer describes it.
+  Fields that only say how to run (data.dir, run.*) leave the results alone and the name too.
   """
+  from mlp.core import configuration
+  from mlp.core.fields import Role
+
   config_name = Path(config_flags.get_config_filename(FLAGS['config'])).stem
   overrides = [a.removeprefix('--config.') for a in argv if a.startswith('--config.')]
-  name = '-'.join([config_name, *overrides])
+  field = configuration.SCHEMA.get
+  kept = [
+    o for o in overrides if getattr(field(o.partition('=')[0]), 'role', None) != Role.EXECUTION
+  ]
+  name = '-'.join([config_name, *kept])
   return re.sub(r'[^A-Za-z0-9._=,+-]', '_', name)[:80]
 
 
@@ -298,7 +312,10 @@ def failure_status(error: BaseException) -> int | None:
   status = stopping.exit_status()
   if status is not None or isinstance(error, KeyboardInterrupt):
     name = signal.Signals(stopping.received[0]).name if stopping.received else 'SIGINT'
-    logging.error('Stopped by %s; checkpoints written so far are kept.', name)
+    if FLAGS.is_parsed():
+      logging.error('Stopped by %s; checkpoints written so far are kept.', name)
+    else:  # absl would first warn that it logs before the flags are parsed: a second line.
+      sys.stderr.write(f'Stopped by {name} while starting; nothing was written.\n')
     return status or stopping.EXIT_STATUS[signal.SIGINT]
   translated = faults.translate(error)
   if translated is not None:
@@ -309,6 +326,8 @@ def failure_status(error: BaseException) -> int | None:
 
 def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  if stopping.received:  # A signal whose exception something swallowed on its way up.
+    raise stopping.Interrupted(stopping.received[0])
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:

@@ -14,6 +14,7 @@ preemption service (started by jax.distributed) takes SIGTERM and the processes 
 step through multihost_utils.reached_preemption_sync_point; Ctrl-C keeps Python's default.
 """
 
+import os
 import signal
 import sys
 import threading
@@ -33,13 +34,43 @@ class Interrupted(KeyboardInterrupt):
 
 def _interrupt(signum: int, frame) -> None:
   received.append(signum)
+  if _importing(frame):  # An exception inside a native module's start-up can crash (SIGSEGV).
+    _exit_now()
   raise Interrupted(signum)
 
 
+def _importing(frame) -> bool:
+  while frame is not None:
+    if frame.f_code.co_filename.startswith('<frozen importlib'):
+      return True
+    frame = frame.f_back
+  return False
+
+
+def _exit_now() -> None:
+  """One line and the first signal's status, at once: nothing has been written yet."""
+  name = signal.Signals(received[0]).name
+  sys.stderr.write(f'Stopped by {name} while starting; nothing was written.\n')
+  sys.stderr.flush()
+  os._exit(EXIT_STATUS[received[0]])
+
+
 def exit_on_signals() -> None:
-  """From now on SIGINT and SIGTERM raise Interrupted (training overrides this while it runs)."""
+  """From now on SIGINT and SIGTERM raise Interrupted (training overrides this while it runs).
+
+  One that escapes everything (a signal while main.py imports its modules) ends the process
+  with one line and the signal's status, rather than a traceback and status 1.
+  """
   for signum in EXIT_STATUS:
     signal.signal(signum, _interrupt)
+  previous = sys.excepthook
+
+  def uncaught(kind, error, traceback) -> None:
+    if issubclass(kind, KeyboardInterrupt) and received:
+      _exit_now()
+    previous(kind, error, traceback)
+
+  sys.excepthook = uncaught
 
 
 def exit_status() -> int | None:
