@@ -338,6 +338,7 @@ def main(argv: list[str]) -> None:
       raise
   except KeyboardInterrupt as error:  # Interrupted too: a signal outside training.
     status = failure_status(error)
+  stopping.finishing()
   sys.exit(status)
 
 

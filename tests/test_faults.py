@@ -917,8 +917,8 @@ SIGNAL_CASES = [
     setup=SLEEPY_CONFIG,
   ),
   SignalCase(
-    'three signals during a one-call epoch',
-    LONG,
+    'three signals during a one-call epoch of seconds',
+    (*LONG, '--config.mlp.hidden_sizes=4096,4096', '--config.optim.batch_size=4'),
     (signal.SIGTERM, signal.SIGINT, signal.SIGTERM),
     143,
     'to resume',

@@ -55,6 +55,20 @@ def _exit_now() -> None:
   os._exit(EXIT_STATUS[received[0]])
 
 
+def _record_only(signum: int, frame) -> None:
+  received.append(signum)
+
+
+def finishing() -> None:
+  """The run is ending with its status decided: later signals are ignored.
+
+  Ignored, not handled: Python puts back the default handlers (which kill) as it shuts down,
+  but leaves ignored signals ignored, so a signal then cannot change the exit status.
+  """
+  for signum in EXIT_STATUS:
+    signal.signal(signum, signal.SIG_IGN)
+
+
 def exit_on_signals() -> None:
   """From now on SIGINT and SIGTERM raise Interrupted (training overrides this while it runs).
 
@@ -103,6 +117,8 @@ class StopRequests:
 
   def __exit__(self, *exc_info) -> None:
     for signum, handler in self._previous.items():
+      if self.signum is not None and handler is _interrupt:
+        handler = _record_only  # Stopping: a later signal must not cut the way out short.
       signal.signal(signum, handler)
 
   def _record(self, signum: int, frame) -> None:
