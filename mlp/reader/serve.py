@@ -26,6 +26,7 @@ inference thread (`Batcher`) that classifies whatever has queued up meanwhile in
 batch of a fixed bucket size, each bucket compiled once at start-up.
 """
 
+import asyncio
 import base64
 import concurrent.futures
 import contextlib
@@ -348,6 +349,8 @@ class _LogRequests:
 
     try:
       await self.app(scope, receive, sending)
+    except asyncio.CancelledError:  # Cut at shutdown (a stalled upload): its log line says 503.
+      status = 503
     finally:
       client = scope.get('client') or ('-', 0)
       logging.info(
