@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import fcntl
 import gc
+import io
 import json
 import os
 import re
@@ -989,9 +990,30 @@ def test_predict_fails_when_its_answers_cannot_be_written(tmp_path, table_result
     assert not found, f'{found}\n{done.stderr[-3000:]}'
 
 
-def test_serve_stops_within_5_s_of_sigterm_with_an_upload_half_sent(table_results):
-  trained = Path(table_results['__root__']) / 'trained'
-  command = [sys.executable, str(ROOT / 'main.py'), '--mode=serve', f'--workdir={trained}']
+def _post(port: int, body: bytes, length: int | None = None, close: bool = False) -> bytes:
+  """A raw POST of an image (cut short when length exceeds the body); the answer's bytes."""
+  client = socket.create_connection(('127.0.0.1', port))
+  client.sendall(
+    b'POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/tiff\r\n'
+    + f'Content-Length: {length or len(body)}\r\nConnection: close\r\n\r\n'.encode()
+    + body
+  )
+  if close:
+    client.close()
+    return b''
+  answer = client.recv(65536)
+  client.close()
+  return answer
+
+
+def test_serve_faults_and_a_stop_within_5_s_whatever_clients_do(table_results, tmp_path):
+  """On a run whose metrics.jsonl holds an odd line: 400 for a LAB TIFF, one line per client
+  gone mid-upload, and SIGTERM with an upload half sent ends it within 5 s, without tracebacks."""
+  run = tmp_path / 'run'
+  shutil.copytree(Path(table_results['__root__']) / 'trained', run)
+  with (run / reporting.METRICS_FILE).open('a') as metrics:
+    metrics.write('[1, 2]\n"text"\n{"test_accuracy": "high"}\n')
+  command = [sys.executable, str(ROOT / 'main.py'), '--mode=serve', f'--workdir={run}']
   process = subprocess.Popen([*command, '--port=0'], stderr=subprocess.PIPE, text=True)
   port = None
   while port is None:
@@ -999,8 +1021,13 @@ def test_serve_stops_within_5_s_of_sigterm_with_an_upload_half_sent(table_result
     assert line, 'serve ended before it served'
     found = re.search(r'Serving .* on http://127\.0\.0\.1:(\d+)/', line)
     port = found and int(found.group(1))
-  client = socket.create_connection(('127.0.0.1', port))
-  client.sendall(
+  lab = io.BytesIO()
+  Image.new('LAB', (40, 40)).save(lab, 'TIFF')
+  assert _post(port, lab.getvalue()).startswith(b'HTTP/1.1 400')
+  for _ in range(3):
+    _post(port, b'II*\x00', length=5000, close=True)
+  stalled = socket.create_connection(('127.0.0.1', port))
+  stalled.sendall(
     b'POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n'
     b'Content-Length: 100000\r\n\r\n' + b'\x89PNG' * 10
   )
@@ -1009,6 +1036,7 @@ def test_serve_stops_within_5_s_of_sigterm_with_an_upload_half_sent(table_result
   process.send_signal(signal.SIGTERM)
   rest = process.communicate(timeout=30)[1]
   assert time.perf_counter() - start < 5
-  client.close()
+  stalled.close()
   assert process.returncode == 0
   assert 'Traceback' not in rest and 'Exception ignored' not in rest
+  assert len(re.findall(r'POST /api/predict 499 ', rest)) == 3, rest
