@@ -214,9 +214,10 @@ def run(mode_name: str) -> int:
   return mode.run()
 
 
-# Orbax's notes that repeat what this code reports in its own line: its warning on every
-# read-only open (eval, predict, export, serve) and its error on each damaged metadata file.
-ORBAX_ECHOES = ('directory is read only', 'Failed to json parse')
+# Libraries' notes that repeat what this code reports in its own line, or that no user acts on:
+# orbax's warning on every read-only open (eval, predict, export, serve) and its error on each
+# damaged metadata file; tfds's advice to install OpenCV for decoding (once, into a cache).
+LIBRARY_ECHOES = ('directory is read only', 'Failed to json parse', 'OpenCV is not installed')
 
 
 class _OwnInfoOnly(std_logging.Filter):
@@ -225,7 +226,7 @@ class _OwnInfoOnly(std_logging.Filter):
   def filter(self, record: std_logging.LogRecord) -> bool:
     path = record.pathname
     own = path.startswith(PROJECT_DIR) and 'site-packages' not in path
-    if not own and any(echo in str(record.msg) for echo in ORBAX_ECHOES):
+    if not own and any(echo in str(record.msg) for echo in LIBRARY_ECHOES):
       return False
     return own or record.levelno >= std_logging.WARNING
 

@@ -131,10 +131,21 @@ def _read_with_tfds(name: str, split: str, data_dir: Path, download: bool) -> Sp
     images = np.stack([e[image_key] for e in examples])
     labels = np.array([e[label_key] for e in examples])
   else:
+    _check_tensorflow(name, data_dir)
     batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000)))
     images = np.concatenate([b[image_key] for b in batches])
     labels = np.concatenate([b[label_key] for b in batches])
   return Split(images.astype(np.uint8), labels.astype(np.int32), class_names)
+
+
+def _check_tensorflow(name: str, data_dir: Path) -> None:
+  """tfrecord copies need TensorFlow, which running this project does not install."""
+  if importlib.util.find_spec('tensorflow') is None:
+    raise UserError(
+      f'The {name!r} copy in {data_dir} is in tfrecord form, which only TensorFlow reads; '
+      'install it (pip install -r requirements-dev.txt), or use an array_record copy or, for '
+      'MNIST, its original files (README: "The data directory").'
+    )
 
 
 def _check_can_download(name: str, data_dir: Path, download: bool) -> None:
