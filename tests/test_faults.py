@@ -367,6 +367,17 @@ def _damage_steps(which: slice) -> Callable[[Path], None]:
   return lambda run: [damage(step) for step in step_dirs(run)[which]]
 
 
+def _damage_files(pattern: str) -> Callable[[Path], None]:
+  """Garbage in the latest checkpoint's files that match pattern, the rest left whole."""
+
+  def change(run: Path) -> None:
+    for path in step_dirs(run)[-1].glob(pattern):
+      if path.is_file():
+        path.write_bytes(b'\x00garbage' * (path.stat().st_size // 8 + 1))
+
+  return change
+
+
 def _set_format_version(run: Path) -> None:
   for meta in (run / checkpoint.CHECKPOINT_DIR).glob('*/meta/metadata'):
     meta.write_text(json.dumps({**json.loads(meta.read_text()), 'format_version': 1}))
@@ -648,6 +659,46 @@ CASES = [
     'cannot be read',
     ('run/checkpoints',),
     _trained(_damage_steps(slice(-1, None))),
+  ),
+  Case(
+    'latest array metadata damaged',
+    ('--mode=eval', RUN),
+    0,
+    'cannot be read',
+    ('run/checkpoints',),
+    _trained(_damage_files('state/array_metadatas/*')),
+  ),
+  Case(
+    'latest OCDBT manifest damaged',
+    ('--mode=eval', RUN),
+    0,
+    'cannot be read',
+    ('run/checkpoints',),
+    _trained(_damage_files('state/manifest.ocdbt')),
+  ),
+  Case(
+    'latest array data damaged',
+    ('--mode=eval', RUN),
+    0,
+    'cannot be read',
+    ('run/checkpoints',),
+    _trained(_damage_files('state/ocdbt.process_0/d/*')),
+  ),
+  Case(
+    'latest checkpoint metadata damaged, resumed',
+    (*TRAIN, '--config.optim.num_epochs=2', RUN),
+    0,
+    'Set unreadable checkpoints aside',
+    (CONFIG,),
+    _trained(_damage_files('_CHECKPOINT_METADATA')),
+  ),
+  Case(
+    'latest checkpoint emptied',
+    ('--mode=eval', RUN),
+    0,
+    'cannot be read',
+    ('run/checkpoints',),
+    _trained(lambda run: [p.unlink() for p in step_dirs(run)[-1].rglob('*') if p.is_file()]),
   ),
   Case(
     'every checkpoint damaged',

@@ -161,7 +161,26 @@ def _quiet_unraisable():
     sys.unraisablehook = previous
 
 
+# The JSON files orbax parses in a checkpoint, relative to its step directory.
+METADATA_FILES = ('_CHECKPOINT_METADATA', 'meta/metadata', 'state/_METADATA', 'state/_sharding')
+
+
+def _check_metadata(step_dir: Path) -> None:
+  """Parses a checkpoint's JSON files before orbax does; a damaged one raises ValueError here.
+
+  Orbax reads them while its background threads already read the arrays; when one fails, those
+  threads finish into a closed event loop and print a traceback each. Failing first, in this
+  thread, starts none of them.
+  """
+  files = [step_dir / name for name in METADATA_FILES]
+  files += sorted((step_dir / 'state' / 'array_metadatas').glob('*'))
+  for file in files:
+    if file.is_file():
+      json.loads(file.read_bytes())
+
+
 def _restore(manager, step: int, abstract_state) -> tuple[steps.TrainState, Position]:
+  _check_metadata(Path(manager.directory) / str(step))
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
   if meta.get('format_version') != FORMAT_VERSION:
     raise UserError(
