@@ -217,7 +217,15 @@ def run(mode_name: str) -> int:
 # Libraries' notes that repeat what this code reports in its own line, or that no user acts on:
 # orbax's warning on every read-only open (eval, predict, export, serve) and its error on each
 # damaged metadata file; tfds's advice to install OpenCV for decoding (once, into a cache).
-LIBRARY_ECHOES = ('directory is read only', 'Failed to json parse', 'OpenCV is not installed')
+# A failed save: orbax's threads each log the error that this code then reports in one line.
+LIBRARY_ECHOES = (
+  'directory is read only',
+  'Failed to json parse',
+  'OpenCV is not installed',
+  'raised an exception: ',
+  'Handler Commit operations',
+  'Save Finalize thread',
+)
 
 
 class _OwnInfoOnly(std_logging.Filter):
@@ -226,7 +234,7 @@ class _OwnInfoOnly(std_logging.Filter):
   def filter(self, record: std_logging.LogRecord) -> bool:
     path = record.pathname
     own = path.startswith(PROJECT_DIR) and 'site-packages' not in path
-    if not own and any(echo in str(record.msg) for echo in LIBRARY_ECHOES):
+    if not own and any(echo in record.getMessage() for echo in LIBRARY_ECHOES):
       return False
     return own or record.levelno >= std_logging.WARNING
 

@@ -94,6 +94,7 @@ def check_end(workdir: Path, num_epochs: int) -> None:
 
 
 def open_manager(workdir: Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+  _drop_closed_loop_echoes()
   options = ocp.CheckpointManagerOptions(
     max_to_keep=None if read_only else keep,
     enable_async_checkpointing=True,
@@ -106,6 +107,10 @@ def open_manager(workdir: Path, keep: int = 2, read_only: bool = False) -> ocp.C
 
 
 def _failed(manager, error: Exception) -> UserError:
+  """The one-line error for a failed save; the half-written checkpoint goes (process 0)."""
+  if devices.is_main_process():
+    for partial in Path(manager.directory).glob('*.orbax-checkpoint-tmp*'):
+      shutil.rmtree(partial, ignore_errors=True)
   return UserError(
     f'Writing a checkpoint in {manager.directory} failed ({_first_line(error)}); fix the cause '
     '(disk space, permissions) and run the same command again to resume.'
@@ -144,21 +149,30 @@ def finish(manager: ocp.CheckpointManager) -> None:
     raise _failed(manager, error) from None
 
 
-@contextlib.contextmanager
-def _quiet_unraisable():
-  """Drops the "Exception ignored" tracebacks of orbax's reader coroutines on damaged files.
+def _closed_loop_echo(unraisable) -> bool:
+  return isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(
+    unraisable.exc_value
+  )
 
-  The error itself reaches the caller; these are its echoes from coroutines left unawaited.
+
+def _drop_closed_loop_echoes() -> None:
+  """Drops one kind of unraisable error: tensorstore's callbacks into orbax's closed loop.
+
+  When orbax gives up on a read or a write (a damaged file, a full disk), it closes its event
+  loop while tensorstore still works for it; each callback that then finishes reports to that
+  loop, and Python prints the RuntimeError with a traceback, up to dozens of them, after the
+  one-line error. Every other unraisable error still prints.
   """
   previous = sys.unraisablehook
-  sys.unraisablehook = lambda unraisable: None
-  try:
-    yield
-  finally:
-    import gc
+  if getattr(previous, 'drops_closed_loop_echoes', False):
+    return
 
-    gc.collect()
-    sys.unraisablehook = previous
+  def hook(unraisable) -> None:
+    if not _closed_loop_echo(unraisable):
+      previous(unraisable)
+
+  hook.drops_closed_loop_echoes = True
+  sys.unraisablehook = hook
 
 
 # The JSON files orbax parses in a checkpoint, relative to its step directory.
@@ -243,8 +257,7 @@ def restore_latest(
   for step in reversed(manager.all_steps()):
     path = manager.directory / str(step)
     try:
-      with _quiet_unraisable():
-        state, position = _restore(manager, step, abstract_state)
+      state, position = _restore(manager, step, abstract_state)
     except UserError:
       manager.close()
       raise
