@@ -138,6 +138,20 @@ def _read_with_tfds(name: str, split: str, data_dir: Path, download: bool) -> Sp
   return Split(images.astype(np.uint8), labels.astype(np.int32), class_names)
 
 
+def _read_prepared(name: str, split: str, data_dir: Path, download: bool) -> Split:
+  """_read_with_tfds, with a copy that tfds cannot read (files missing, damaged) in one line."""
+  try:
+    return _read_with_tfds(name, split, data_dir, download)
+  except UserError:
+    raise
+  except Exception as error:  # tfds and TensorFlow raise many types for a broken copy.
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    raise UserError(
+      f'The {name!r} copy in {data_dir} cannot be read ({type(error).__name__}: {first}); '
+      'prepare it again (README: "The data directory") or point --config.data.dir elsewhere.'
+    ) from None
+
+
 def _check_tensorflow(name: str, data_dir: Path) -> None:
   """tfrecord copies need TensorFlow, which running this project does not install."""
   if importlib.util.find_spec('tensorflow') is None:
@@ -208,7 +222,7 @@ def load_split(
   if _reads_original_files(name, data_path):
     data = Split(*mnist_files.load(split, data_path / 'downloads', download), DIGITS)
   else:
-    data = _read_with_tfds(name, split, data_path, download)
+    data = _read_prepared(name, split, data_path, download)
   cache_file = _cache_file(name, split, data_path, cache_dir)
   if cache_file is not None:
     _write_cache(cache_file, data)

@@ -771,6 +771,13 @@ CASES = [
     'leaves no training examples',
   ),
   Case(
+    'a prepared copy without its data files',
+    (*TRAIN, '--config.data.dir={dir}/tfds', '--config.run.cache_dir={dir}/cache', RUN),
+    1,
+    'cannot be read',
+    setup=lambda d: prepare_mock(d / 'tfds', 'mnist'),
+  ),
+  Case(
     'no data anywhere',
     (*TRAIN, '--config.data.dir={dir}/none', '--config.run.cache_dir={dir}/cache', RUN),
     1,
@@ -1091,3 +1098,40 @@ def test_serve_faults_and_a_stop_within_5_s_whatever_clients_do(table_results, t
   assert process.returncode == 0
   assert 'Traceback' not in rest and 'Exception ignored' not in rest
   assert len(re.findall(r'POST /api/predict 499 ', rest)) == 3, rest
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+  """A 3 MB file system (tmpfs), to fill; mounting needs root, so elsewhere the test skips."""
+  mount = tmp_path / 'small'
+  mount.mkdir()
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(mount)], check=False)
+  if done.returncode:
+    pytest.skip('mounting a small tmpfs needs root')
+  yield mount
+  subprocess.run(['umount', str(mount)], check=True)
+
+
+@pytest.mark.parametrize(
+  ('where', 'flags', 'message'),
+  [
+    ('workdir', ['--config.mlp.hidden_sizes=512,512'], 'Writing a checkpoint in'),
+    ('cache', ['--config.run.cache_dir={disk}/cache'], 'Cannot write the data cache'),
+  ],
+)
+def test_a_full_disk_is_one_line_and_leaves_no_partial_files(
+  tmp_path, small_disk, where, flags, message, request
+):
+  data = cached_mock_splits(tmp_path, num_examples=2000)[:-2]
+  if where == 'cache':  # Decoding the array_record copy into a cache on the small disk.
+    copy = request.getfixturevalue('array_record_dir')
+    data = [a for a in data if not a.startswith(('--config.run.cache_dir', '--config.data.dir'))]
+    data.append(f'--config.data.dir={copy}')
+  args = [*data, '--config.optim.batch_size=20', *(f.format(disk=small_disk) for f in flags)]
+  result = run_main(*args, f'--workdir={small_disk}/run')
+  found = problems(
+    {'status': result.returncode, 'stderr': result.stderr, 'changed': [], 'runs_dir': False},
+    Case(where, (), 1, message),
+  )
+  assert not found, f'{found}\n{result.stderr[-3000:]}'
+  assert not [p for p in small_disk.rglob('*') if 'tmp' in p.name]
