@@ -186,6 +186,28 @@ def test_damaged_checkpoint_is_skipped_read_only_and_set_aside_uniquely(
     assert latest.is_dir()
 
 
+def test_eval_reads_again_when_training_replaces_its_checkpoint(
+  tmp_path, mock_mnist, monkeypatch, caplog
+):
+  """With run.keep_checkpoints=1 a training run deletes the checkpoint an eval is reading."""
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(tiny_config(tmp_path, {'optim.num_epochs': 2}), workdir)
+  latest = step_dirs(workdir)[-1]
+  restore, calls = checkpoint._restore, []
+
+  def replaced_mid_read(manager, step, abstract_state):
+    calls.append(step)
+    if len(calls) == 1:
+      shutil.move(latest, tmp_path / 'deleted')
+      raise FileNotFoundError(latest)
+    return restore(manager, step, abstract_state)
+
+  monkeypatch.setattr(checkpoint, '_restore', replaced_mid_read)
+  train.evaluate_checkpoint(workdir)
+  assert calls == [int(latest.name), int(step_dirs(workdir)[-1].name)]
+  assert 'cannot be read' not in caplog.text
+
+
 def test_workdir_with_only_config_json_is_left_alone(tmp_path, mock_mnist):
   workdir = tmp_path / 'run'
   workdir.mkdir()

@@ -241,8 +241,12 @@ def restore_latest(
   keep: int = 2,
   max_epoch: int | None = None,
   read_only: bool = False,
+  attempts: int = 5,
 ) -> tuple[ocp.CheckpointManager | None, steps.TrainState | None, Position]:
   """The manager, the latest readable state (None if there is none) and its Position.
+
+  A read-only reader whose checkpoint vanishes mid-read (the training run replaced it) starts
+  over from the newest, up to `attempts` times.
 
   abstract_state (shapes, dtypes, shardings) says what the current config expects. Checkpoints
   past max_epoch are passed over (kept). Unreadable checkpoints newer than a readable one are
@@ -262,6 +266,10 @@ def restore_latest(
       manager.close()
       raise
     except Exception as error:  # Orbax raises many types for damaged or mismatched files.
+      if read_only and not Path(path).exists() and attempts > 1:
+        # A run training there (keep_checkpoints=1) deleted it mid-read for a newer one.
+        manager.close()
+        return restore_latest(workdir, abstract_state, keep, max_epoch, read_only, attempts - 1)
       logging.warning('Checkpoint %s cannot be read: %s', path, _first_line(error))
       unreadable.append((path, error))
       continue
