@@ -49,6 +49,9 @@ PROJECT_DIR = str(Path(__file__).resolve().parent)
 DISTRIBUTED_FLAGS = ('distributed', 'coordinator_address', 'num_processes', 'process_id')
 
 
+MAX_NAME = 150  # Characters of a run's name before its time; file names may have 255.
+
+
 def run_name(argv: list[str]) -> str:
   """The config file's name and the fields overridden on the command line, for a new workdir.
 
@@ -60,12 +63,13 @@ def run_name(argv: list[str]) -> str:
 
   config_name = Path(config_flags.get_config_filename(FLAGS['config'])).stem
   overrides = [a.removeprefix('--config.') for a in argv if a.startswith('--config.')]
-  field = configuration.SCHEMA.get
+  values = dict(o.partition('=')[::2] for o in overrides)  # The last of each field counts.
+  roles = {path: field.role for path, field in configuration.SCHEMA.items()}
   kept = [
-    o for o in overrides if getattr(field(o.partition('=')[0]), 'role', None) != Role.EXECUTION
+    f'{p}={v}' for p, v in sorted(values.items()) if roles.get(p, Role.EXECUTION) != Role.EXECUTION
   ]
   name = '-'.join([config_name, *kept])
-  return re.sub(r'[^A-Za-z0-9._=,+-]', '_', name)[:80]
+  return re.sub(r'[^A-Za-z0-9._=,+-]', '_', name)[:MAX_NAME]
 
 
 def _train() -> int:

@@ -352,6 +352,7 @@ class Case:
   message: str
   unchanged: tuple[str, ...] = ()  # Paths under the case's directory.
   setup: Callable[[Path], None] | None = None
+  creates: str = ''  # A glob under the case's directory that must match afterwards.
 
 
 def _file(relative: str, text: str = '') -> Callable[[Path], None]:
@@ -440,6 +441,10 @@ TRAIN = ('--mode=train', '{data}')
 RUN = '--workdir={dir}/run'
 CONFIG = 'run/config.json'
 CASES = [
+  # Help.
+  Case('--help', ('--help',), 0, '--config.<group>.<field>=<value>'),
+  Case('-h lists the modes', ('-h',), 0, 'serve     a web page'),
+  Case('--help lists the groups', ('--help', '{data}'), 0, 'optim     batch_size'),
   # Flags and config files.
   Case('unknown mode', ('--mode=fly', '{data}'), 1, 'is not a mode'),
   Case('eval without workdir', ('--mode=eval',), 1, 'needs --workdir'),
@@ -787,6 +792,13 @@ CASES = [
   Case('serve with an export flag', ('--mode=serve', RUN, '--overwrite'), 1, 'a flag of'),
   Case('eval with a distributed flag', ('--mode=eval', RUN, '--num_processes=2'), 1, 'a flag of'),
   Case(
+    'a run named by its overrides',
+    (*TRAIN, '--config.optim.learning_rate=0.002'),
+    0,
+    '',
+    creates='runs/default-mlp.hidden_sizes=16-optim.batch_size=20-optim.learning_rate=0.002-*',
+  ),
+  Case(
     'failed start in a new default workdir',
     (*TRAIN, '--config.data.validation_fraction=0.9999999'),
     1,
@@ -884,11 +896,12 @@ def drive(root: Path, names: list[str]) -> dict[str, dict]:
   for case in (c for c in CASES if c.name in names):
     directory = root / re.sub(r'\W+', '-', case.name)
     directory.mkdir()
+    os.chdir(directory)  # Where runs/ goes for a train without --workdir.
     if case.setup is not None:
       case.setup(directory)
     before = {k: v for p in case.unchanged for k, v in _fingerprint(directory / p).items()}
     start = time.perf_counter()
-    with _captured(directory) as (_, err):
+    with _captured(directory) as (out, err):
       status = _run_main_here(_expand(case.args, directory, data))
     after = {k: v for p in case.unchanged for k, v in _fingerprint(directory / p).items()}
     while _HELD:
@@ -896,8 +909,10 @@ def drive(root: Path, names: list[str]) -> dict[str, dict]:
     results[case.name] = {
       'status': status,
       'stderr': err.read_text(errors='replace'),
+      'stdout': out.read_text(errors='replace'),
       'changed': sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)),
-      'runs_dir': (root / 'runs').exists(),
+      'runs_dir': (directory / 'runs').exists(),
+      'created': [str(p) for p in directory.glob(case.creates)] if case.creates else [],
       'seconds': time.perf_counter() - start,
     }
   return results
@@ -927,14 +942,16 @@ def problems(result: dict, case: Case) -> list[str]:
   stderr = result['stderr']
   if result['status'] != case.status:
     found.append(f'exit {result["status"]}, expected {case.status}')
-  if case.message not in stderr:
+  if case.message not in stderr + result.get('stdout', ''):
     found.append(f'no {case.message!r} in the output')
   found += [f'{stderr.count(m)} x {m!r}' for m in ('Traceback', 'Exception ignored') if m in stderr]
   if 'Fatal Python error' in stderr:
     found.append('a fatal error')
   found += [f'{path} changed' for path in result['changed']]
-  if result['runs_dir']:
-    found.append('a runs/ directory was left behind')
+  if case.creates and not result['created']:
+    found.append(f'nothing matches {case.creates}')
+  if result['runs_dir'] and case.status:
+    found.append('a failed start left a runs/ directory behind')
   if len([x for x in stderr.splitlines() if x.startswith(('E', 'F'))]) > 1:
     found.append('more than one error line')
   return found
