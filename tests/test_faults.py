@@ -8,6 +8,7 @@ subprocess cases check what a user sees from main.py.
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import gc
 import io
@@ -32,7 +33,7 @@ from conftest import ROOT, prepare_mock, run_main, tiny_config
 from PIL import Image
 
 import input_pipeline
-from mlp.core import checkpoint, configuration, reporting, stopping, train
+from mlp.core import checkpoint, configuration, faults, reporting, stopping, train
 from mlp.core import workdir as lock
 from mlp.core.errors import UserError
 from mlp.reader import export, predict
@@ -1174,3 +1175,24 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_files(
   )
   assert not found, f'{found}\n{result.stderr[-3000:]}'
   assert not [p for p in small_disk.rglob('*') if 'tmp' in p.name]
+
+
+def test_positions_count_epochs_from_1_as_the_stop_message_does():
+  assert str(checkpoint.Position(4, 50, {'loss': 1.0})) == 'epoch 4 done, 50 steps into epoch 5'
+  assert str(checkpoint.Position(2)) == 'epoch 2 done'
+  assert checkpoint.Position(1, 30).past(1) and not checkpoint.Position(1).past(1)
+
+
+def test_machine_faults_become_one_line_and_bugs_do_not():
+  full = OSError(errno.ENOSPC, 'No space left on device', '/data/run/x.png')
+  assert str(faults.translate(full)).startswith('/data/run/x.png: No space left on device; free')
+  try:
+    try:
+      raise OSError(errno.EROFS, 'Read-only file system', '/ro/run')
+    except OSError as error:
+      raise ValueError('orbax wrapped it') from error
+  except ValueError as wrapped:
+    assert 'writable disk' in str(faults.translate(wrapped))
+  exhausted = RuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 4.0T bytes')
+  assert 'optim.batch_size' in str(faults.translate(exhausted))
+  assert faults.translate(KeyError('a bug')) is None
