@@ -1157,6 +1157,7 @@ def small_disk(tmp_path) -> Iterator[Path]:
   [
     ('workdir', ['--config.mlp.hidden_sizes=512,512'], 'Writing a checkpoint in'),
     ('cache', ['--config.run.cache_dir={disk}/cache'], 'Cannot write the data cache'),
+    ('read-only', [], 'Read-only file system'),
   ],
 )
 def test_a_full_disk_is_one_line_and_leaves_no_partial_files(
@@ -1167,6 +1168,8 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_files(
     copy = request.getfixturevalue('array_record_dir')
     data = [a for a in data if not a.startswith(('--config.run.cache_dir', '--config.data.dir'))]
     data.append(f'--config.data.dir={copy}')
+  if where == 'read-only':
+    subprocess.run(['mount', '-o', 'remount,ro', str(small_disk)], check=True)
   args = [*data, '--config.optim.batch_size=20', *(f.format(disk=small_disk) for f in flags)]
   result = run_main(*args, f'--workdir={small_disk}/run')
   found = problems(

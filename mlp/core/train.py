@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp.core import build, checkpoint, configuration, devices, reporting, steps, stopping
+from mlp.core import build, checkpoint, configuration, devices, hints, reporting, steps, stopping
 from mlp.core import workdir as lock
 from mlp.core.errors import UserError
 from mlp.core.steps import TrainState
@@ -147,11 +147,12 @@ def default_workdir(config_name: str) -> Path:
 def _check_config(config, workdir: Path) -> None:
   """Checks that resuming in workdir keeps the state and the results, then saves the config."""
   if (workdir / configuration.CONFIG_FILE).exists():
-    conflicts = configuration.resume_conflicts(configuration.load(workdir), config)
+    saved = configuration.load(workdir)
+    conflicts = configuration.resume_conflicts(saved, config)
     if conflicts:
       raise UserError(
-        f'{workdir} holds a run with another config ({conflicts}); '
-        'use a new --workdir or the same settings.'
+        f'{workdir} holds a run with another config ({conflicts}); use a new --workdir, or '
+        f'resume it with {hints.train_command(saved, workdir)}'
       )
   checkpoint.check_end(workdir, config.optim.num_epochs)
   if devices.is_main_process():
