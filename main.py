@@ -1,7 +1,14 @@
 """Trains, benchmarks and uses an image classifier: `python main.py --config=configs/default.py`."""
 
+from mlp.core import stopping
+
+# First of all: a signal during the imports below is one line and 130 or 143 too (a library's
+# import swallowed a plain KeyboardInterrupt there, and the run went on).
+stopping.exit_on_signals()
+
 import dataclasses
 import logging as std_logging
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -10,6 +17,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mlp.core import faults
 from mlp.core.errors import UserError
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).')
@@ -19,7 +27,10 @@ flags.DEFINE_multi_string('image', [], 'predict: an image file or a directory of
 flags.DEFINE_enum('output', 'text', ['text', 'json'], 'predict: output format on stdout.')
 flags.DEFINE_string('save_preprocessed', None, 'predict: directory for the model inputs.')
 flags.DEFINE_string('export_file', None, 'export: where to write; default <workdir>.jax.')
-flags.DEFINE_integer('port', 8000, 'serve: the TCP port; 0 picks a free one.')
+flags.DEFINE_bool('overwrite', False, 'export: replace an existing --export_file.')
+flags.DEFINE_integer(
+  'port', 8000, 'serve: the TCP port; 0 picks a free one.', lower_bound=0, upper_bound=65535
+)
 flags.DEFINE_string(
   'host', '127.0.0.1', 'serve: the address to listen on; 0.0.0.0 exposes the model to your network.'
 )
@@ -38,13 +49,37 @@ PROJECT_DIR = str(Path(__file__).resolve().parent)
 DISTRIBUTED_FLAGS = ('distributed', 'coordinator_address', 'num_processes', 'process_id')
 
 
-def _train() -> int:
-  from mlp.core import train
+MAX_NAME = 150  # Characters of a run's name before its time; file names may have 255.
+
+
+def run_name(argv: list[str]) -> str:
+  """The config file's name and the fields overridden on the command line, for a new workdir.
+
+  'default-optim.batch_size=50': a run is not named after a config that no longer describes it.
+  Fields that only say how to run (data.dir, run.*) leave the results alone and the name too.
+  """
+  from mlp.core import configuration
+  from mlp.core.fields import Role
 
   config_name = Path(config_flags.get_config_filename(FLAGS['config'])).stem
-  workdir = FLAGS.workdir or train.default_workdir(config_name)
+  overrides = [a.removeprefix('--config.') for a in argv if a.startswith('--config.')]
+  values = dict(o.partition('=')[::2] for o in overrides)  # The last of each field counts.
+  roles = {path: field.role for path, field in configuration.SCHEMA.items()}
+  kept = [
+    f'{p}={v}' for p, v in sorted(values.items()) if roles.get(p, Role.EXECUTION) != Role.EXECUTION
+  ]
+  name = '-'.join([config_name, *kept])
+  return re.sub(r'[^A-Za-z0-9._=,+-]', '_', name)[:MAX_NAME]
+
+
+def _train() -> int:
+  from mlp.core import train
+  from mlp.core import workdir as workdirs
+
+  workdir = FLAGS.workdir or train.default_workdir(run_name(sys.argv[1:]))
   logging.info('Workdir: %s', workdir)
-  train.train_and_evaluate(FLAGS.config, workdir)
+  with workdirs.left_as_found(Path(workdir)):
+    train.train_and_evaluate(FLAGS.config, workdir)
   return 0
 
 
@@ -71,7 +106,7 @@ def _predict() -> int:
 def _export() -> int:
   from mlp.reader import export
 
-  export.run(FLAGS.workdir, FLAGS.export_file)
+  export.run(FLAGS.workdir, FLAGS.export_file, FLAGS.overwrite)
   return 0
 
 
@@ -111,7 +146,9 @@ MODES = {
   'predict': Mode(
     _predict, 'classify image files', 'workdir', ('image', 'output', 'save_preprocessed')
   ),
-  'export': Mode(_export, 'write a standalone jax.export model', 'workdir', ('export_file',)),
+  'export': Mode(
+    _export, 'write a standalone jax.export model', 'workdir', ('export_file', 'overwrite')
+  ),
   'serve': Mode(_serve, 'a web page and JSON API over the run', 'workdir', ('port', 'host')),
   'sweep': Mode(_sweep, 'tune (--config=configs/sweep.py)', 'config'),
   'check': Mode(_check, 'what matters on a new GPU/TPU machine, one table', 'config'),
@@ -138,18 +175,37 @@ def check_flags(mode_name: str) -> Mode:
   return mode
 
 
+def load_saved(workdir: str):
+  """The config saved in workdir, checked as a new one is: config.json may be hand-edited."""
+  from mlp.core import configuration
+
+  config = configuration.load(Path(workdir))
+  try:
+    configuration.validate(config)
+  except Exception as error:  # A value of a wrong type makes the checks themselves raise.
+    message = str(error).removeprefix('Invalid config: ')
+    raise UserError(
+      f'{Path(workdir) / configuration.CONFIG_FILE}: {message}; fix that value or train into a '
+      'new workdir.'
+    ) from None
+  return config
+
+
 def run(mode_name: str) -> int:
   """Runs one mode; returns the exit status."""
   mode = check_flags(mode_name)
   import jax
 
-  from mlp.core import configuration, devices
+  from mlp.core import configuration, devices, limits
 
   devices.initialize_distributed(
     FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed
   )
-  config = configuration.load(FLAGS.workdir) if mode.reads == 'workdir' else FLAGS.config
+  config = load_saved(FLAGS.workdir) if mode.reads == 'workdir' else FLAGS.config
+  configuration.validate(config)
   devices.configure_runtime(config)
+  if 'sweep' not in config:  # A sweep's trials are checked one by one.
+    limits.check(config)
   logging.info(
     'JAX %s, backend %s, process %d of %d, %d devices: %s',
     jax.__version__,
@@ -162,12 +218,28 @@ def run(mode_name: str) -> int:
   return mode.run()
 
 
+# Libraries' notes that repeat what this code reports in its own line, or that no user acts on:
+# orbax's warning on every read-only open (eval, predict, export, serve) and its error on each
+# damaged metadata file; tfds's advice to install OpenCV for decoding (once, into a cache).
+# A failed save: orbax's threads each log the error that this code then reports in one line.
+LIBRARY_ECHOES = (
+  'directory is read only',
+  'Failed to json parse',
+  'OpenCV is not installed',
+  'raised an exception: ',
+  'Handler Commit operations',
+  'Save Finalize thread',
+)
+
+
 class _OwnInfoOnly(std_logging.Filter):
   """Keeps libraries' INFO chatter (orbax, jax) off the console; their warnings still show."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     path = record.pathname
     own = path.startswith(PROJECT_DIR) and 'site-packages' not in path
+    if not own and any(echo in record.getMessage() for echo in LIBRARY_ECHOES):
+      return False
     return own or record.levelno >= std_logging.WARNING
 
 
@@ -192,6 +264,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   A config file is Python and runs here, while the flags are parsed: for every mode, --help
   included.
   """
+  if {'--help', '-h', '-?', '--helpshort'} & set(argv[1:]):
+    print(usage())
+    sys.exit(0)
   config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
   if config_arg is not None and not Path(config_arg.partition(':')[0]).is_file():
     configs = sorted(p.name for p in Path(PROJECT_DIR, 'configs').glob('[!_]*.py'))
@@ -214,24 +289,80 @@ def parse_flags(argv: list[str]) -> list[str]:
     _flag_error(_config_file_error(error))
 
 
-def main(argv: list[str]) -> None:
-  from mlp.core import stopping
+def usage() -> str:
+  """--help: the modes, the config groups and an override, then where the rest is."""
+  from mlp.core import configuration
 
+  modes = [f'  {name:<10}{mode.help} (needs --{mode.reads})' for name, mode in MODES.items()]
+  groups = [
+    f'  {group or "(top)":<10}{", ".join(fields)}' for group, fields in configuration.GROUPS.items()
+  ]
+  return '\n'.join(
+    [
+      (__doc__ or '').strip(),
+      '',
+      'Usage: python main.py --config=configs/<name>.py [--config.<group>.<field>=<value> ...]',
+      '                      [--mode=<mode>] [--workdir=<dir>]',
+      '',
+      'Modes (--mode=...):',
+      *modes,
+      '',
+      'Config groups and fields (explained in mlp/core/configuration.py; configs/*.py set them):',
+      *groups,
+      '',
+      'Example: python main.py --config=configs/default.py --config.optim.batch_size=50 \\',
+      '           --config.mlp.hidden_sizes=128,64 --config.optim.num_epochs=3',
+      'Every flag: python main.py --helpfull',
+    ]
+  )
+
+
+def failure_status(error: BaseException) -> int | None:
+  """Logs one line for an error a user can act on and returns the exit status; None: a bug."""
+  if isinstance(error, stopping.Stopped):
+    logging.warning('%s', error)
+    return error.exit_status
+  status = stopping.exit_status()
+  if status is not None or isinstance(error, KeyboardInterrupt):
+    name = signal.Signals(stopping.received[0]).name if stopping.received else 'SIGINT'
+    if FLAGS.is_parsed():
+      logging.error('Stopped by %s; checkpoints written so far are kept.', name)
+    else:  # absl would first warn that it logs before the flags are parsed: a second line.
+      sys.stderr.write(f'Stopped by {name} while starting; nothing was written.\n')
+    return status or stopping.EXIT_STATUS[signal.SIGINT]
+  translated = faults.translate(error)
+  if translated is not None:
+    logging.error('%s', translated)
+    return 1
+  return None
+
+
+def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  if stopping.received:  # A signal whose exception something swallowed on its way up.
+    raise stopping.Interrupted(stopping.received[0])
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   try:
-    sys.exit(run(FLAGS.mode))
-  except UserError as error:
-    logging.error('%s', error)
-    sys.exit(1)
-  except stopping.Stopped as stopped:
-    logging.warning('%s', stopped)
-    sys.exit(stopped.exit_status)
-  except KeyboardInterrupt:
-    logging.error('Interrupted (Ctrl-C); checkpoints written so far are kept.')
-    sys.exit(stopping.EXIT_STATUS[signal.SIGINT])
+    status = run(FLAGS.mode)
+  except Exception as error:
+    status = failure_status(error)
+    if status is None:
+      raise
+  except KeyboardInterrupt as error:  # Interrupted too: a signal outside training.
+    status = failure_status(error)
+  stopping.finishing()
+  sys.exit(status)
+
+
+def start() -> None:
+  """app.run, with one line and the signal's status for a signal at any moment."""
+  stopping.exit_on_signals()
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt as error:  # While the flags (and config files) are parsed.
+    sys.exit(failure_status(error))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  start()

@@ -7,6 +7,7 @@ know of its dataset (image shape, class names) comes from the tfds builder's inf
 with the arrays and saved with the run as DatasetInfo.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -133,10 +134,35 @@ def _read_with_tfds(name: str, split: str, data_dir: Path, download: bool) -> Sp
     images = np.stack([e[image_key] for e in examples])
     labels = np.array([e[label_key] for e in examples])
   else:
+    _check_tensorflow(name, data_dir)
     batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000)))
     images = np.concatenate([b[image_key] for b in batches])
     labels = np.concatenate([b[label_key] for b in batches])
   return Split(images.astype(np.uint8), labels.astype(np.int32), class_names)
+
+
+def _read_prepared(name: str, split: str, data_dir: Path, download: bool) -> Split:
+  """_read_with_tfds, with a copy that tfds cannot read (files missing, damaged) in one line."""
+  try:
+    return _read_with_tfds(name, split, data_dir, download)
+  except UserError:
+    raise
+  except Exception as error:  # tfds and TensorFlow raise many types for a broken copy.
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    raise UserError(
+      f'The {name!r} copy in {data_dir} cannot be read ({type(error).__name__}: {first}); '
+      'prepare it again (README: "The data directory") or point --config.data.dir elsewhere.'
+    ) from None
+
+
+def _check_tensorflow(name: str, data_dir: Path) -> None:
+  """tfrecord copies need TensorFlow, which running this project does not install."""
+  if importlib.util.find_spec('tensorflow') is None:
+    raise UserError(
+      f'The {name!r} copy in {data_dir} is in tfrecord form, which only TensorFlow reads; '
+      'install it (pip install -r requirements-dev.txt), or use an array_record copy or, for '
+      'MNIST, its original files (README: "The data directory").'
+    )
 
 
 def _check_can_download(name: str, data_dir: Path, download: bool) -> None:
@@ -198,6 +224,7 @@ def load_split(
 def _load_stored_split(name, split, data_dir, cache_dir, download) -> Split:
   """One split as tfds stores it, from the cache or decoded (and then cached)."""
   data_path = resolve_data_dir(data_dir)
+  _check_cache_dir(Path(cache_dir or default_cache_dir()))
   cache_file = _cache_file(name, split, data_path, cache_dir)
   if cache_file is not None and cache_file.exists():
     try:
@@ -210,20 +237,51 @@ def _load_stored_split(name, split, data_dir, cache_dir, download) -> Split:
   if _reads_original_files(name, data_path):
     data = Split(*mnist_files.load(split, data_path / 'downloads', download), DIGITS)
   else:
-    data = _read_with_tfds(name, split, data_path, download)
+    data = _read_prepared(name, split, data_path, download)
   cache_file = _cache_file(name, split, data_path, cache_dir)
   if cache_file is not None:
+    _write_cache(cache_file, data)
+  return data
+
+
+def _check_cache_dir(cache_dir: Path) -> None:
+  """A file where the cache directory belongs fails now, not after a minute of decoding."""
+  for path in (cache_dir, cache_dir / 'data'):
+    if path.exists() and not path.is_dir():
+      raise UserError(
+        f'run.cache_dir={cache_dir}: {path} is a file, not a directory; move it away or set '
+        '--config.run.cache_dir to a directory.'
+      )
+
+
+def _write_cache(cache_file: Path, data: Split) -> None:
+  """Writes atomically; a failure (disk full, a file where the directory belongs) removes the
+  partial file and is a one-line error naming run.cache_dir."""
+  partial = cache_file.with_suffix(f'.{os.getpid()}.tmp.npz')
+  try:
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache_file.with_suffix(f'.{os.getpid()}.tmp.npz')
     np.savez(partial, images=data.images, labels=data.labels, class_names=data.class_names)
     partial.replace(cache_file)
-  return data
+  except OSError as error:
+    raise UserError(
+      f'Cannot write the data cache {cache_file} ({error.strerror or error}); free space there '
+      'or set --config.run.cache_dir to a writable directory.'
+    ) from None
+  finally:
+    with contextlib.suppress(OSError):
+      partial.unlink(missing_ok=True)
 
 
 def split_off_validation(train: Split, fraction: float, data_seed: int) -> tuple[Split, Split]:
   """A fixed validation split: the same examples for every epoch and every run with data_seed."""
   order = np.random.default_rng(data_seed).permutation(len(train))
   num_validation = round(len(train) * fraction)
+  if not 0 < num_validation < len(train):  # An empty split's means are NaN; no batch to train.
+    kept = 'no validation examples' if num_validation == 0 else 'no training examples'
+    raise UserError(
+      f'data.validation_fraction={fraction} leaves {kept} of {len(train)}; use a fraction '
+      f'between {1 / len(train):.2g} and {1 - 1 / len(train):.6g}, such as 0.1.'
+    )
   validation = np.sort(order[:num_validation])
   remaining = np.sort(order[num_validation:])
   return _take(train, remaining), _take(train, validation)

@@ -6,21 +6,34 @@ In-process cases send signals from inside the training loop, so each moment is e
 subprocess cases check what a user sees from main.py.
 """
 
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import gc
+import io
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from absl import flags
 from conftest import ROOT, prepare_mock, run_main, tiny_config
 from PIL import Image
 
 import input_pipeline
-from mlp.core import checkpoint, configuration, reporting, stopping, train, trainer
+from mlp.core import checkpoint, configuration, faults, reporting, stopping, train, trainer
 from mlp.core import workdir as lock
 from mlp.core.errors import UserError
 from mlp.reader import export, predict
@@ -175,6 +188,28 @@ def test_damaged_checkpoint_is_skipped_read_only_and_set_aside_uniquely(
     assert latest.is_dir()
 
 
+def test_eval_reads_again_when_training_replaces_its_checkpoint(
+  tmp_path, mock_mnist, monkeypatch, caplog
+):
+  """With run.keep_checkpoints=1 a training run deletes the checkpoint an eval is reading."""
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(tiny_config(tmp_path, {'optim.num_epochs': 2}), workdir)
+  latest = step_dirs(workdir)[-1]
+  restore, calls = checkpoint._restore, []
+
+  def replaced_mid_read(manager, step, abstract_state):
+    calls.append(step)
+    if len(calls) == 1:
+      shutil.move(latest, tmp_path / 'deleted')
+      raise FileNotFoundError(latest)
+    return restore(manager, step, abstract_state)
+
+  monkeypatch.setattr(checkpoint, '_restore', replaced_mid_read)
+  train.evaluate_checkpoint(workdir)
+  assert calls == [int(latest.name), int(step_dirs(workdir)[-1].name)]
+  assert 'cannot be read' not in caplog.text
+
+
 def test_workdir_with_only_config_json_is_left_alone(tmp_path, mock_mnist):
   workdir = tmp_path / 'run'
   workdir.mkdir()
@@ -236,31 +271,6 @@ def one_error_line(result, status=1) -> str:
   assert 'Traceback' not in result.stderr and 'Exception ignored' not in result.stderr
   (line,) = [x for x in result.stderr.splitlines() if x.startswith(('E', 'W', 'FATAL'))]
   return line
-
-
-@pytest.mark.slow
-def test_bad_config_files_and_flags_are_one_line(tmp_path):
-  (tmp_path / 'syntax.py').write_text('def get_config(:\n')
-  (tmp_path / 'raises.py').write_text('def get_config():\n  raise ValueError("no such option")\n')
-  (tmp_path / 'file').write_text('')
-  cases = [
-    ([f'--config={ROOT}/configs/defualt.py'], 'no such file; use one of configs/best.py'),
-    ([f'--config={tmp_path}/syntax.py'], 'syntax.py, line 1: invalid syntax'),
-    ([f'--config={tmp_path}/raises.py'], 'ValueError: no such option'),
-    ([f'--config={DEFAULT}', '--config.mlp.hidden_sizes='], 'mlp.hidden_sizes'),
-    ([f'--config={DEFAULT}', '--config.mlp.hidden_sizes=abc'], 'mlp.hidden_sizes'),
-    ([f'--config={DEFAULT}', f'--workdir={tmp_path}/file'], 'is a file, not a directory'),
-  ]
-  for args, message in cases:
-    assert message in one_error_line(run_main(*args)), args
-  workdir = tmp_path / 'run'
-  workdir.mkdir()
-  values = configuration.to_dict(configuration.defaults())
-  del values['optim.batch_size']
-  (workdir / configuration.CONFIG_FILE).write_text(json.dumps(values))
-  line = one_error_line(run_main('--mode=eval', f'--workdir={workdir}'))
-  assert 'missing optim.batch_size' in line
-  assert [p.name for p in workdir.iterdir()] == [configuration.CONFIG_FILE]
 
 
 def cached_mock_splits(tmp_path, num_examples=400):
@@ -325,3 +335,868 @@ def test_read_only_modes_leave_the_workdir_as_it_was(tmp_path, mock_mnist, capsy
   with pytest.raises(UserError, match='inside the run directory'):
     export.run(workdir, workdir / 'model.jax')
   assert snapshot() == before
+
+
+# The fault table: every fault a user can meet from main.py, run as main.py runs it. Each case
+# names the command, the exit status, a fragment of its one line, and the files that must keep
+# their bytes (or their absence). All of them run in one driver subprocess (this file run as a
+# script: one JAX start for the lot); the signal cases below need a process each.
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """One fault: main.py's arguments ('{dir}' is the case's directory, '{data}' the tiny data
+  flags, '{trained}' a copy of a trained run), what it must end with, and what it must keep."""
+
+  name: str
+  args: tuple[str, ...]
+  status: int
+  message: str
+  unchanged: tuple[str, ...] = ()  # Paths under the case's directory.
+  setup: Callable[[Path], None] | None = None
+  creates: str = ''  # A glob under the case's directory that must match afterwards.
+
+
+def _file(relative: str, text: str = '') -> Callable[[Path], None]:
+  def setup(directory: Path) -> None:
+    (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+    (directory / relative).write_text(text)
+
+  return setup
+
+
+def _directory(relative: str) -> Callable[[Path], None]:
+  return lambda directory: (directory / relative).mkdir(parents=True)
+
+
+def _trained(change: Callable[[Path], None] | None = None) -> Callable[[Path], None]:
+  """A copy of the driver's trained run (2 epochs) in {dir}/run, then `change` applied to it."""
+
+  def setup(directory: Path) -> None:
+    shutil.copytree(directory.parent / 'trained', directory / 'run')
+    if change is not None:
+      change(directory / 'run')
+
+  return setup
+
+
+def _edit_config(**values) -> Callable[[Path], None]:
+  def change(run: Path) -> None:
+    path = run / configuration.CONFIG_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+  return change
+
+
+def _damage_steps(which: slice) -> Callable[[Path], None]:
+  return lambda run: [damage(step) for step in step_dirs(run)[which]]
+
+
+def _damage_files(pattern: str) -> Callable[[Path], None]:
+  """Garbage in the latest checkpoint's files that match pattern, the rest left whole."""
+
+  def change(run: Path) -> None:
+    for path in step_dirs(run)[-1].glob(pattern):
+      if path.is_file():
+        path.write_bytes(b'\x00garbage' * (path.stat().st_size // 8 + 1))
+
+  return change
+
+
+def _set_format_version(run: Path) -> None:
+  for meta in (run / checkpoint.CHECKPOINT_DIR).glob('*/meta/metadata'):
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), 'format_version': 1}))
+
+
+_HELD = []
+
+
+def _held_lock(relative: str) -> Callable[[Path], None]:
+  """Another run holds the lock: an flock on a second open file, as another process would."""
+
+  def setup(directory: Path) -> None:
+    (directory / relative).mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(directory / relative / lock.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    os.write(descriptor, b'pid 4242 on host elsewhere\n')
+    _HELD.append(descriptor)
+
+  return setup
+
+
+def _cnn_without_checkpoint(directory: Path) -> None:
+  run = directory / 'run'
+  shutil.copytree(directory.parent / 'trained', run)
+  shutil.rmtree(run / checkpoint.CHECKPOINT_DIR)
+  _edit_config(model='cnn')(run)
+  values = json.loads((run / configuration.CONFIG_FILE).read_text())
+  values = {k: v for k, v in values.items() if not k.startswith('mlp.')}
+  values.update({'cnn.conv_features': [4, 8], 'cnn.dense_size': 16})
+  (run / configuration.CONFIG_FILE).write_text(json.dumps(values))
+
+
+def _lab_tiff(directory: Path) -> None:
+  Image.new('LAB', (40, 40)).save(directory / 'lab.tif')
+
+
+TRAIN = ('--mode=train', '{data}')
+RUN = '--workdir={dir}/run'
+CONFIG = 'run/config.json'
+CASES = [
+  # Help.
+  Case('--help', ('--help',), 0, '--config.<group>.<field>=<value>'),
+  Case('-h lists the modes', ('-h',), 0, 'serve     a web page'),
+  Case('--help lists the groups', ('--help', '{data}'), 0, 'optim     batch_size'),
+  # Flags and config files.
+  Case('unknown mode', ('--mode=fly', '{data}'), 1, 'is not a mode'),
+  Case('eval without workdir', ('--mode=eval',), 1, 'needs --workdir'),
+  Case('train without config', ('--mode=train',), 1, 'needs --config'),
+  Case('flag of another mode', (*TRAIN, '--image=x.png'), 1, 'is a flag of --mode=predict'),
+  Case('eval given a config', ('--mode=eval', '{data}', RUN), 1, 'drop --config'),
+  Case('serve port too high', ('--mode=serve', RUN, '--port=70000'), 1, 'range [0, 65535]'),
+  Case('serve port negative', ('--mode=serve', RUN, '--port=-1'), 1, 'range [0, 65535]'),
+  Case('output format unknown', ('--mode=predict', RUN, '--output=xml'), 1, 'one of <text|json>'),
+  Case('unknown field', (*TRAIN, '--config.optim.batchsize=3'), 1, 'unknown config field'),
+  Case('old flat field', (*TRAIN, '--config.batch_size=3'), 1, 'now optim.batch_size'),
+  Case('missing config file', ('--config=configs/defualt.py',), 1, 'use one of configs/best.py'),
+  Case('config is a directory', ('--config=configs',), 1, 'no such file'),
+  Case(
+    'config syntax error', ('--config={dir}/c.py',), 1, 'line 1', setup=_file('c.py', 'def (:\n')
+  ),
+  Case(
+    'config raises',
+    ('--config={dir}/c.py',),
+    1,
+    'ValueError: no such option',
+    setup=_file('c.py', 'def get_config():\n  raise ValueError("no such option")\n'),
+  ),
+  Case('empty hidden sizes', (*TRAIN, '--config.mlp.hidden_sizes=', RUN), 1, 'mlp.hidden_sizes'),
+  Case('text hidden sizes', (*TRAIN, '--config.mlp.hidden_sizes=abc', RUN), 1, 'hidden_sizes'),
+  Case('zero batch', (*TRAIN, '--config.optim.batch_size=0', RUN), 1, 'optim.batch_size=0'),
+  Case('zero epochs', (*TRAIN, '--config.optim.num_epochs=0', RUN), 1, 'optim.num_epochs=0'),
+  Case('negative rate', (*TRAIN, '--config.optim.learning_rate=-1', RUN), 1, 'learning_rate'),
+  Case('smoothing over 1', (*TRAIN, '--config.optim.label_smoothing=1.5', RUN), 1, 'smoothing'),
+  Case(
+    'unknown schedule',
+    (*TRAIN, '--config.optim.schedule=linear', RUN),
+    1,
+    'one of constant, cosine',
+  ),
+  Case('unknown placement', (*TRAIN, '--config.run.placement=gpu', RUN), 1, 'run.placement'),
+  Case('unknown model', (*TRAIN, '--config.model=resnet', RUN), 1, 'one of mlp, cnn'),
+  Case('keep no checkpoints', (*TRAIN, '--config.run.keep_checkpoints=0', RUN), 1, 'keep_check'),
+  Case(
+    'validation fraction 0', (*TRAIN, '--config.data.validation_fraction=0', RUN), 1, 'fraction'
+  ),
+  Case(
+    'validation fraction over 1',
+    (*TRAIN, '--config.data.validation_fraction=1.5', RUN),
+    1,
+    'data.validation_fraction',
+  ),
+  # Values that pass validation but cannot work.
+  Case(
+    'validation takes every example',
+    (*TRAIN, '--config.data.validation_fraction=0.9999999', RUN),
+    1,
+    'leaves no training examples',
+  ),
+  Case(
+    'validation takes no example',
+    (*TRAIN, '--config.data.validation_fraction=0.0001', RUN),
+    1,
+    'leaves no validation examples',
+  ),
+  Case('huge batch', (*TRAIN, '--config.optim.batch_size=1000000000', RUN), 1, 'use at most'),
+  Case(
+    'huge eval batch',
+    (*TRAIN, '--config.run.eval_batch_size=1000000000', RUN),
+    1,
+    'run.eval_batch_size=1000000000 needs',
+  ),
+  Case(
+    'huge layers',
+    (*TRAIN, '--config.mlp.hidden_sizes=100000000,100000000', RUN),
+    1,
+    'use smaller layers',
+  ),
+  Case(
+    'cosine warm-up as long as the run',
+    (*TRAIN, '--config.optim.schedule=cosine', '--config.optim.warmup_epochs=1', RUN),
+    1,
+    'expected below optim.num_epochs',
+  ),
+  Case('warm-up past the end', (*TRAIN, '--config.optim.warmup_epochs=3', RUN), 1, 'at most'),
+  Case(
+    'benchmark batch size 0',
+    ('--mode=benchmark', '{data}', '--config.benchmark.batch_sizes=0,100'),
+    1,
+    'is not a batch size',
+  ),
+  Case(
+    'benchmark batch size negative',
+    ('--mode=benchmark', '{data}', '--config.benchmark.batch_sizes=-5,10'),
+    1,
+    'is not a batch size',
+  ),
+  Case(
+    'benchmark huge batch',
+    ('--mode=benchmark', '{data}', '--config.benchmark.batch_sizes=10,2000000000'),
+    1,
+    'benchmark.batch_sizes=2000000000 needs',
+  ),
+  # Workdirs.
+  Case('train workdir is a file', (*TRAIN, RUN), 1, 'is a file', setup=_file('run')),
+  Case(
+    'train workdir under a file',
+    (*TRAIN, '--workdir={dir}/file/run'),
+    1,
+    'Cannot create',
+    setup=_file('file'),
+  ),
+  Case(
+    'benchmark workdir is a file',
+    ('--mode=benchmark', '{data}', '--config.benchmark.batch_sizes=10,20', RUN),
+    1,
+    'is a file',
+    ('run',),
+    _file('run', 'keep'),
+  ),
+  Case(
+    'sweep workdir is a file',
+    ('--mode=sweep', '{sweep}', RUN),
+    1,
+    'is a file',
+    ('run',),
+    _file('run', 'keep'),
+  ),
+  Case('sweep without a sweep', ('--mode=sweep', '{data}', RUN), 1, 'needs a config with a sweep'),
+  Case('lock is a directory', (*TRAIN, RUN), 1, 'lock file', setup=_directory('run/.lock')),
+  Case(
+    'metrics.jsonl is a directory',
+    (*TRAIN, RUN),
+    1,
+    'metrics.jsonl: Is a directory',
+    (CONFIG,),
+    _directory('run/metrics.jsonl'),
+  ),
+  Case(
+    'cache dir is a file',
+    (*TRAIN, '--config.run.cache_dir={dir}/cache', RUN),
+    1,
+    'run.cache_dir',
+    setup=_file('cache', 'not a directory'),
+  ),
+  Case('train in use', (*TRAIN, RUN), 1, 'in use by a run of pid 4242', setup=_held_lock('run')),
+  Case(
+    'benchmark in use',
+    ('--mode=benchmark', '{data}', '--config.benchmark.batch_sizes=10,20', RUN),
+    1,
+    'in use by a run of pid 4242',
+    setup=_held_lock('run'),
+  ),
+  Case('sweep in use', ('--mode=sweep', '{sweep}', RUN), 1, 'in use', setup=_held_lock('run')),
+  # Resuming.
+  Case(
+    'fewer epochs than the checkpoint',
+    (*TRAIN, '--config.optim.num_epochs=1', RUN),
+    1,
+    'past optim.num_epochs=1 (epoch 2 done)',
+    (CONFIG, 'run/metrics.jsonl'),
+    _trained(),
+  ),
+  Case(
+    'another model in the workdir',
+    (*TRAIN, '--config.mlp.hidden_sizes=32', '--config.optim.num_epochs=2', RUN),
+    1,
+    'holds a run with another config',
+    (CONFIG, 'run/metrics.jsonl'),
+    _trained(),
+  ),
+  Case(
+    'cosine changes length on resume',
+    (*TRAIN, '--config.optim.schedule=cosine', '--config.optim.num_epochs=3', RUN),
+    1,
+    'holds a run with another config',
+    (CONFIG,),
+    _trained(),
+  ),
+  # Reading a run: eval, predict, export, serve.
+  Case('eval of nothing', ('--mode=eval', RUN), 1, 'does not exist; train into'),
+  Case('config.json not JSON', ('--mode=eval', RUN), 1, 'not valid JSON', setup=_file(CONFIG, '{')),
+  Case('config.json a list', ('--mode=eval', RUN), 1, 'not a config', setup=_file(CONFIG, '[]')),
+  Case(
+    'config.json negative batch',
+    ('--mode=eval', RUN),
+    1,
+    'optim.batch_size=-5',
+    (CONFIG,),
+    _trained(_edit_config(**{'optim.batch_size': -5})),
+  ),
+  Case(
+    'config.json text layers',
+    ('--mode=eval', RUN),
+    1,
+    'mlp.hidden_sizes',
+    (CONFIG,),
+    _trained(_edit_config(**{'mlp.hidden_sizes': 'abc'})),
+  ),
+  Case(
+    'config.json string batch',
+    ('--mode=eval', RUN),
+    1,
+    'optim.batch_size',
+    (CONFIG,),
+    _trained(_edit_config(**{'optim.batch_size': '100'})),
+  ),
+  Case(
+    'config.json unknown field',
+    ('--mode=eval', RUN),
+    1,
+    'unknown optim.speed',
+    (CONFIG,),
+    _trained(_edit_config(**{'optim.speed': 1})),
+  ),
+  Case(
+    'config.json huge eval batch',
+    ('--mode=eval', RUN),
+    1,
+    'run.eval_batch_size=1000000000',
+    (CONFIG,),
+    _trained(_edit_config(**{'run.eval_batch_size': 1000000000})),
+  ),
+  Case(
+    'config.json validation fraction 1',
+    ('--mode=eval', RUN),
+    1,
+    'data.validation_fraction',
+    (CONFIG,),
+    _trained(_edit_config(**{'data.validation_fraction': 1.0})),
+  ),
+  Case(
+    'eval of a CNN run without checkpoints',
+    ('--mode=eval', RUN),
+    1,
+    '--config.model=cnn',
+    (CONFIG,),
+    _cnn_without_checkpoint,
+  ),
+  Case(
+    'latest checkpoint damaged',
+    ('--mode=eval', RUN),
+    0,
+    'cannot be read',
+    ('run/checkpoints',),
+    _trained(_damage_steps(slice(-1, None))),
+  ),
+  Case(
+    'latest array metadata damaged',
+    ('--mode=eval', RUN),
+    0,
+    'cannot be read',
+    ('run/checkpoints',),
+    _trained(_damage_files('state/array_metadatas/*')),
+  ),
+  Case(
+    'latest OCDBT manifest damaged',
+    ('--mode=eval', RUN),
+    0,
+    'cannot be read',
+    ('run/checkpoints',),
+    _trained(_damage_files('state/manifest.ocdbt')),
+  ),
+  Case(
+    'latest array data damaged',
+    ('--mode=eval', RUN),
+    0,
+    'cannot be read',
+    ('run/checkpoints',),
+    _trained(_damage_files('state/ocdbt.process_0/d/*')),
+  ),
+  Case(
+    'latest checkpoint metadata damaged, resumed',
+    (*TRAIN, '--config.optim.num_epochs=2', RUN),
+    0,
+    'Set unreadable checkpoints aside',
+    (CONFIG,),
+    _trained(_damage_files('_CHECKPOINT_METADATA')),
+  ),
+  Case(
+    'latest checkpoint emptied',
+    ('--mode=eval', RUN),
+    0,
+    'cannot be read',
+    ('run/checkpoints',),
+    _trained(lambda run: [p.unlink() for p in step_dirs(run)[-1].rglob('*') if p.is_file()]),
+  ),
+  Case(
+    'every checkpoint damaged',
+    ('--mode=eval', RUN),
+    1,
+    'nor any before it',
+    ('run/checkpoints',),
+    _trained(_damage_steps(slice(None))),
+  ),
+  Case(
+    'old checkpoint format',
+    ('--mode=eval', RUN),
+    1,
+    'format version 1',
+    ('run/checkpoints',),
+    _trained(_set_format_version),
+  ),
+  Case(
+    'export target is a directory',
+    ('--mode=export', RUN, '--export_file={dir}/out'),
+    1,
+    'is a directory',
+    setup=lambda d: (_trained()(d), _directory('out')(d)),
+  ),
+  Case(
+    'export would overwrite',
+    ('--mode=export', RUN, '--export_file={dir}/model.jax'),
+    1,
+    'add --overwrite',
+    ('model.jax',),
+    lambda d: (_trained()(d), _file('model.jax', 'keep')(d)),
+  ),
+  Case(
+    'export into the run',
+    ('--mode=export', RUN, '--export_file={dir}/run/model.jax'),
+    1,
+    'inside the run directory',
+    ('run',),
+    _trained(),
+  ),
+  Case(
+    'export under a file',
+    ('--mode=export', RUN, '--export_file={dir}/file/model.jax'),
+    1,
+    'Cannot write',
+    ('file',),
+    lambda d: (_trained()(d), _file('file', 'keep')(d)),
+  ),
+  Case('predict without images', ('--mode=predict', RUN), 1, 'needs --image', setup=_trained()),
+  Case(
+    'predict a LAB TIFF',
+    ('--mode=predict', RUN, '--image={dir}/lab.tif'),
+    1,
+    'lab.tif',
+    setup=lambda d: (_trained()(d), _lab_tiff(d)),
+  ),
+  Case(
+    'predict a missing image',
+    ('--mode=predict', RUN, '--image={dir}/none.png'),
+    1,
+    'none.png',
+    setup=_trained(),
+  ),
+  Case('serve with an export flag', ('--mode=serve', RUN, '--overwrite'), 1, 'a flag of'),
+  Case('eval with a distributed flag', ('--mode=eval', RUN, '--num_processes=2'), 1, 'a flag of'),
+  Case(
+    'a run named by its overrides',
+    (*TRAIN, '--config.optim.learning_rate=0.002'),
+    0,
+    '',
+    creates='runs/default-mlp.hidden_sizes=16-optim.batch_size=20-optim.learning_rate=0.002-*',
+  ),
+  Case(
+    'failed start in a new default workdir',
+    (*TRAIN, '--config.data.validation_fraction=0.9999999'),
+    1,
+    'leaves no training examples',
+  ),
+  Case(
+    'a prepared copy without its data files',
+    (*TRAIN, '--config.data.dir={dir}/tfds', '--config.run.cache_dir={dir}/cache', RUN),
+    1,
+    'cannot be read',
+    setup=lambda d: prepare_mock(d / 'tfds', 'mnist'),
+  ),
+  Case(
+    'no data anywhere',
+    (*TRAIN, '--config.data.dir={dir}/none', '--config.run.cache_dir={dir}/cache', RUN),
+    1,
+    "No prepared 'mnist' dataset",
+  ),
+]
+
+
+def _expand(args: tuple[str, ...], directory: Path, data: list[str]) -> list[str]:
+  expanded = []
+  for arg in args:
+    if arg == '{data}':
+      expanded += data
+    elif arg == '{sweep}':
+      expanded += [f'--config={ROOT}/configs/sweep.py', *data[1:], '--config.optim.num_epochs=2']
+    else:
+      expanded.append(arg.format(dir=directory))
+  return expanded
+
+
+def _fingerprint(path: Path) -> dict[str, bytes | None]:
+  """Every file's bytes under path (None: absent), to compare before and after."""
+  if not path.exists():
+    return {str(path): None}
+  files = [path] if path.is_file() else sorted(p for p in path.rglob('*') if p.is_file())
+  return {str(p): p.read_bytes() for p in files}
+
+
+@contextlib.contextmanager
+def _captured(directory: Path) -> Iterator[tuple[Path, Path]]:
+  """Points file descriptors 1 and 2 at files for the with-block, as a subprocess's would be."""
+  out, err = directory / 'stdout.txt', directory / 'stderr.txt'
+  sys.stdout.flush()
+  sys.stderr.flush()
+  saved = os.dup(1), os.dup(2)
+  with open(out, 'wb') as out_file, open(err, 'wb') as err_file:
+    os.dup2(out_file.fileno(), 1)
+    os.dup2(err_file.fileno(), 2)
+    try:
+      yield out, err
+    finally:
+      gc.collect()  # Unraisable errors print now, into this case's stderr.
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os.dup2(saved[0], 1)
+      os.dup2(saved[1], 2)
+
+
+def _run_main_here(argv: list[str]) -> int:
+  """main.py's start in this process: parse the flags afresh, run, return the exit status."""
+  import main
+
+  flags.FLAGS.unparse_flags()
+  for name in [n for n in flags.FLAGS if n.startswith('config.')]:  # config_flags adds them anew.
+    delattr(flags.FLAGS, name)
+  stopping.received.clear()
+  sys.argv = ['main.py', *argv]
+  try:
+    main.main(main.parse_flags(sys.argv))
+  except SystemExit as exit:
+    return exit.code or 0
+  except BaseException:
+    traceback.print_exc()
+    return -1
+  return 0
+
+
+def drive(root: Path, names: list[str]) -> dict[str, dict]:
+  """Runs the named cases in this process; per case its status, stderr and changed files."""
+  from absl import logging as absl_logging
+
+  absl_logging.use_absl_handler()
+  stopping.exit_on_signals()
+  os.chdir(root)
+  data = cached_mock_splits(root)
+  data = [*data[:-2], '--config.optim.batch_size=20', '--config.run.steps_per_call=0']
+  data.append('--config.optim.num_epochs=1')
+  with _captured(root):
+    trained = _run_main_here([*data, '--config.optim.num_epochs=2', f'--workdir={root}/trained'])
+  assert trained == 0, (root / 'stderr.txt').read_text()
+  results = {}
+  for case in (c for c in CASES if c.name in names):
+    directory = root / re.sub(r'\W+', '-', case.name)
+    directory.mkdir()
+    os.chdir(directory)  # Where runs/ goes for a train without --workdir.
+    if case.setup is not None:
+      case.setup(directory)
+    before = {k: v for p in case.unchanged for k, v in _fingerprint(directory / p).items()}
+    start = time.perf_counter()
+    with _captured(directory) as (out, err):
+      status = _run_main_here(_expand(case.args, directory, data))
+    after = {k: v for p in case.unchanged for k, v in _fingerprint(directory / p).items()}
+    while _HELD:
+      os.close(_HELD.pop())
+    results[case.name] = {
+      'status': status,
+      'stderr': err.read_text(errors='replace'),
+      'stdout': out.read_text(errors='replace'),
+      'changed': sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)),
+      'runs_dir': (directory / 'runs').exists(),
+      'created': [str(p) for p in directory.glob(case.creates)] if case.creates else [],
+      'seconds': time.perf_counter() - start,
+    }
+  return results
+
+
+@pytest.fixture(scope='module')
+def table_results(tmp_path_factory) -> dict[str, dict]:
+  """Every case of CASES, run once by one driver subprocess."""
+  root = tmp_path_factory.mktemp('faults')
+  out = root / 'results.json'
+  env = {**os.environ, 'PYTHONPATH': str(ROOT), 'JAX_PLATFORMS': 'cpu'}
+  done = subprocess.run(
+    [sys.executable, __file__, str(root), str(out)],
+    capture_output=True,
+    text=True,
+    timeout=1200,
+    env=env,
+    cwd=ROOT,
+  )
+  assert done.returncode == 0, done.stderr[-5000:]
+  return {**json.loads(out.read_text()), '__root__': str(root)}
+
+
+def problems(result: dict, case: Case) -> list[str]:
+  """What is wrong with a case's outcome: status, message, tracebacks, changed files."""
+  found = []
+  stderr = result['stderr']
+  if result['status'] != case.status:
+    found.append(f'exit {result["status"]}, expected {case.status}')
+  if case.message not in stderr + result.get('stdout', ''):
+    found.append(f'no {case.message!r} in the output')
+  found += [f'{stderr.count(m)} x {m!r}' for m in ('Traceback', 'Exception ignored') if m in stderr]
+  if 'Fatal Python error' in stderr:
+    found.append('a fatal error')
+  found += [f'{path} changed' for path in result['changed']]
+  if case.creates and not result['created']:
+    found.append(f'nothing matches {case.creates}')
+  if result['runs_dir'] and case.status:
+    found.append('a failed start left a runs/ directory behind')
+  if len([x for x in stderr.splitlines() if x.startswith(('E', 'F'))]) > 1:
+    found.append('more than one error line')
+  return found
+
+
+@pytest.mark.parametrize('case', CASES, ids=[c.name for c in CASES])
+def test_fault_table(table_results, case):
+  result = table_results[case.name]
+  assert not problems(result, case), f'{problems(result, case)}\n{result["stderr"][-3000:]}'
+
+
+if __name__ == '__main__':
+  root, out = Path(sys.argv[1]), Path(sys.argv[2])
+  out.write_text(json.dumps(drive(root, [c.name for c in CASES])))
+
+
+@dataclasses.dataclass(frozen=True)
+class SignalCase:
+  """Signals sent to a main.py process once `ready(directory)` holds, `gap` seconds apart."""
+
+  name: str
+  args: tuple[str, ...]
+  signals: tuple[int, ...]
+  status: int
+  message: str
+  ready: Callable[[Path], bool] = lambda directory: True
+  delay: float = 0.0
+  gap: float = 0.2
+  setup: Callable[[Path], None] | None = None
+
+
+def _saved_a_checkpoint(directory: Path) -> bool:
+  return bool(step_dirs(directory / 'run'))
+
+
+def _started_training(directory: Path) -> bool:
+  return (directory / 'run' / configuration.CONFIG_FILE).exists()
+
+
+SLEEPY_CONFIG = _file('slow.py', 'import time\n\ndef get_config():\n  time.sleep(60)\n')
+LONG = (*TRAIN, '--config.optim.num_epochs=200', RUN)
+SIGNAL_CASES = [
+  SignalCase('SIGINT at start-up', TRAIN, (signal.SIGINT,), 130, 'Stopped by SIGINT', delay=1.0),
+  SignalCase('SIGTERM at start-up', TRAIN, (signal.SIGTERM,), 143, 'Stopped by SIGTERM', delay=1),
+  SignalCase(
+    'SIGINT while the config file runs',
+    ('--config={dir}/slow.py',),
+    (signal.SIGINT,),
+    130,
+    'Stopped by SIGINT',
+    delay=2.0,
+    setup=SLEEPY_CONFIG,
+  ),
+  SignalCase(
+    'SIGTERM while the config file runs',
+    ('--config={dir}/slow.py',),
+    (signal.SIGTERM,),
+    143,
+    'Stopped by SIGTERM',
+    delay=2.0,
+    setup=SLEEPY_CONFIG,
+  ),
+  SignalCase(
+    'three signals during a one-call epoch of seconds',
+    (*LONG, '--config.mlp.hidden_sizes=4096,4096', '--config.optim.batch_size=4'),
+    (signal.SIGTERM, signal.SIGINT, signal.SIGTERM),
+    143,
+    'to resume',
+    _saved_a_checkpoint,
+  ),
+  SignalCase(
+    'Ctrl-C five times in training',
+    LONG,
+    (signal.SIGINT,) * 5,
+    130,
+    'to resume',
+    _saved_a_checkpoint,
+    gap=0.05,
+  ),
+  SignalCase(
+    'SIGTERM in the only epoch, finishing it',
+    (*TRAIN, RUN),
+    (signal.SIGTERM,),
+    143,
+    'the run in',
+    _started_training,
+  ),
+]
+
+
+def _run_with_signals(case: SignalCase, directory: Path, data: list[str]):
+  command = [sys.executable, str(ROOT / 'main.py'), *_expand(case.args, directory, data)]
+  process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=directory)
+  deadline = time.time() + 120
+  while not case.ready(directory) and process.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  time.sleep(case.delay)
+  for signum in case.signals:
+    process.send_signal(signum)
+    time.sleep(case.gap)
+  _, stderr = process.communicate(timeout=120)
+  return process.returncode, stderr
+
+
+@pytest.mark.parametrize('case', SIGNAL_CASES, ids=[c.name for c in SIGNAL_CASES])
+def test_signal_table(tmp_path, case):
+  data = cached_mock_splits(tmp_path)
+  data = [*data[:-2], '--config.run.steps_per_call=0', '--config.optim.num_epochs=1']
+  if case.setup is not None:
+    case.setup(tmp_path)
+  status, stderr = _run_with_signals(case, tmp_path, data)
+  result = {'status': status, 'stderr': stderr, 'changed': [], 'runs_dir': False}
+  found = problems(result, Case(case.name, case.args, case.status, case.message))
+  assert not found, f'{found}\n{stderr[-3000:]}'
+  assert not list(tmp_path.glob('run/checkpoints/*tmp*'))
+
+
+def test_predict_fails_when_its_answers_cannot_be_written(tmp_path, table_results):
+  """Closed stdout and a full disk: exit 1 and one line, never a silent 0."""
+  trained = Path(table_results['__root__']) / 'trained'
+  image = tmp_path / 'digit.png'
+  Image.fromarray(np.pad(np.full((12, 4), 255, np.uint8), 8)).save(image)
+  command = [sys.executable, str(ROOT / 'main.py'), '--mode=predict', f'--workdir={trained}']
+  command.append(f'--image={image}')
+  closed = subprocess.run(
+    command, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1)
+  )
+  with open('/dev/full', 'w') as full:
+    filled = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True)
+  for done, message in ((closed, 'stdout is closed'), (filled, 'Cannot write the answers')):
+    result = {'status': done.returncode, 'stderr': done.stderr, 'changed': [], 'runs_dir': False}
+    found = problems(result, Case('predict', (), 1, message))
+    assert not found, f'{found}\n{done.stderr[-3000:]}'
+
+
+def _post(port: int, body: bytes, length: int | None = None, close: bool = False) -> bytes:
+  """A raw POST of an image (cut short when length exceeds the body); the answer's bytes."""
+  client = socket.create_connection(('127.0.0.1', port))
+  client.sendall(
+    b'POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/tiff\r\n'
+    + f'Content-Length: {length or len(body)}\r\nConnection: close\r\n\r\n'.encode()
+    + body
+  )
+  if close:
+    client.close()
+    return b''
+  answer = client.recv(65536)
+  client.close()
+  return answer
+
+
+def test_serve_faults_and_a_stop_within_5_s_whatever_clients_do(table_results, tmp_path):
+  """On a run whose metrics.jsonl holds an odd line: 400 for a LAB TIFF, one line per client
+  gone mid-upload, and SIGTERM with an upload half sent ends it within 5 s, without tracebacks."""
+  run = tmp_path / 'run'
+  shutil.copytree(Path(table_results['__root__']) / 'trained', run)
+  with (run / reporting.METRICS_FILE).open('a') as metrics:
+    metrics.write('[1, 2]\n"text"\n{"test_accuracy": "high"}\n')
+  command = [sys.executable, str(ROOT / 'main.py'), '--mode=serve', f'--workdir={run}']
+  process = subprocess.Popen([*command, '--port=0'], stderr=subprocess.PIPE, text=True)
+  port = None
+  while port is None:
+    line = process.stderr.readline()
+    assert line, 'serve ended before it served'
+    found = re.search(r'Serving .* on http://127\.0\.0\.1:(\d+)/', line)
+    port = found and int(found.group(1))
+  lab = io.BytesIO()
+  Image.new('LAB', (40, 40)).save(lab, 'TIFF')
+  assert _post(port, lab.getvalue()).startswith(b'HTTP/1.1 400')
+  for _ in range(3):
+    _post(port, b'II*\x00', length=5000, close=True)
+  stalled = socket.create_connection(('127.0.0.1', port))
+  stalled.sendall(
+    b'POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n'
+    b'Content-Length: 100000\r\n\r\n' + b'\x89PNG' * 10
+  )
+  time.sleep(0.5)
+  start = time.perf_counter()
+  process.send_signal(signal.SIGTERM)
+  rest = process.communicate(timeout=30)[1]
+  assert time.perf_counter() - start < 5
+  stalled.close()
+  assert process.returncode == 0
+  assert 'Traceback' not in rest and 'Exception ignored' not in rest
+  assert len(re.findall(r'POST /api/predict 499 ', rest)) == 3, rest
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+  """A 3 MB file system (tmpfs), to fill; mounting needs root, so elsewhere the test skips."""
+  mount = tmp_path / 'small'
+  mount.mkdir()
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(mount)], check=False)
+  if done.returncode:
+    pytest.skip('mounting a small tmpfs needs root')
+  yield mount
+  subprocess.run(['umount', str(mount)], check=True)
+
+
+@pytest.mark.parametrize(
+  ('where', 'flags', 'message'),
+  [
+    ('workdir', ['--config.mlp.hidden_sizes=512,512'], 'Writing a checkpoint in'),
+    ('cache', ['--config.run.cache_dir={disk}/cache'], 'Cannot write the data cache'),
+    ('read-only', [], 'Read-only file system'),
+  ],
+)
+def test_a_full_disk_is_one_line_and_leaves_no_partial_files(
+  tmp_path, small_disk, where, flags, message, request
+):
+  data = cached_mock_splits(tmp_path, num_examples=2000)[:-2]
+  if where == 'cache':  # Decoding the array_record copy into a cache on the small disk.
+    copy = request.getfixturevalue('array_record_dir')
+    data = [a for a in data if not a.startswith(('--config.run.cache_dir', '--config.data.dir'))]
+    data.append(f'--config.data.dir={copy}')
+  if where == 'read-only':
+    subprocess.run(['mount', '-o', 'remount,ro', str(small_disk)], check=True)
+  args = [*data, '--config.optim.batch_size=20', *(f.format(disk=small_disk) for f in flags)]
+  result = run_main(*args, f'--workdir={small_disk}/run')
+  found = problems(
+    {'status': result.returncode, 'stderr': result.stderr, 'changed': [], 'runs_dir': False},
+    Case(where, (), 1, message),
+  )
+  assert not found, f'{found}\n{result.stderr[-3000:]}'
+  assert not [p for p in small_disk.rglob('*') if 'tmp' in p.name]
+
+
+def test_positions_count_epochs_from_1_as_the_stop_message_does():
+  assert str(checkpoint.Position(4, 50, {'loss': 1.0})) == 'epoch 4 done, 50 steps into epoch 5'
+  assert str(checkpoint.Position(2)) == 'epoch 2 done'
+  assert checkpoint.Position(1, 30).past(1) and not checkpoint.Position(1).past(1)
+
+
+def test_machine_faults_become_one_line_and_bugs_do_not():
+  full = OSError(errno.ENOSPC, 'No space left on device', '/data/run/x.png')
+  assert str(faults.translate(full)).startswith('/data/run/x.png: No space left on device; free')
+  try:
+    try:
+      raise OSError(errno.EROFS, 'Read-only file system', '/ro/run')
+    except OSError as error:
+      raise ValueError('orbax wrapped it') from error
+  except ValueError as wrapped:
+    assert 'writable disk' in str(faults.translate(wrapped))
+  exhausted = RuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 4.0T bytes')
+  assert 'optim.batch_size' in str(faults.translate(exhausted))
+  assert faults.translate(KeyError('a bug')) is None

@@ -8,7 +8,6 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ARRAY_RECORD_DIR
 from test_checkpoint import cli_train, finished_checkpoints
 from test_mnist_files import FIRST_ORIGINAL_TEST_LABELS, tfds_order, write_idx
 from test_train import read_metrics
@@ -28,18 +27,18 @@ def test_real_splits_have_the_notebook_sizes(real_config):
   assert set(np.unique(splits.test.labels)) == set(range(10))
 
 
-def test_array_record_without_tensorflow_matches_tfrecord(real_config, tmp_path):
+def test_array_record_without_tensorflow_matches_tfrecord(real_config, array_record_dir, tmp_path):
   from_tfrecord = input_pipeline.load_split('mnist', 'test', real_config.data.dir, tmp_path / 'a')
-  from_array_record = input_pipeline.load_split('mnist', 'test', str(ARRAY_RECORD_DIR), tmp_path)
+  from_array_record = input_pipeline.load_split('mnist', 'test', str(array_record_dir), tmp_path)
   np.testing.assert_array_equal(from_tfrecord.images, from_array_record.images)
   np.testing.assert_array_equal(from_tfrecord.labels, from_array_record.labels)
 
 
-def test_cache_is_written_atomically_and_reused(real_config, tmp_path):
-  first = input_pipeline.load_split('mnist', 'test', str(ARRAY_RECORD_DIR), tmp_path)
+def test_cache_is_written_atomically_and_reused(real_config, array_record_dir, tmp_path):
+  first = input_pipeline.load_split('mnist', 'test', str(array_record_dir), tmp_path)
   cached = list((tmp_path / 'data').iterdir())
   assert [p.suffix for p in cached] == ['.npz'] and 'mnist-3.0.1-test' in cached[0].name
-  again = input_pipeline.load_split('mnist', 'test', str(ARRAY_RECORD_DIR), tmp_path)
+  again = input_pipeline.load_split('mnist', 'test', str(array_record_dir), tmp_path)
   np.testing.assert_array_equal(first.images, again.images)
 
 

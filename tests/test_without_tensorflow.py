@@ -50,7 +50,7 @@ def _worker(tmp_path: str) -> None:
   print(json.dumps({'test_accuracy': result['test_accuracy'], 'tensorflow_modules': loaded}))
 
 
-def test_trains_on_array_record_mnist_without_tensorflow(tmp_path):
+def test_trains_on_array_record_mnist_without_tensorflow(tmp_path, array_record_dir):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)}
   env.pop('TFDS_DATA_DIR', None)  # The config names the array_record copy itself.
   done = subprocess.run(

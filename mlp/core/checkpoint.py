@@ -11,6 +11,7 @@ before it is used; read-only modes only skip it.
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from input_pipeline import DatasetInfo
-from mlp.core import build, configuration, devices, steps
+from mlp.core import build, configuration, devices, hints, steps
 from mlp.core.errors import UserError
 
 # Bump when the train state's structure changes; older checkpoints are then refused clearly.
@@ -49,8 +50,51 @@ class Position:
       return None
     return {name: np.float32(value) for name, value in self.epoch_sums.items()}
 
+  def __str__(self) -> str:
+    """Epochs counted from 1, as the epoch lines and the stop message count them."""
+    done = f'epoch {self.epoch} done' if self.epoch else 'no epoch done'
+    return done + (
+      f', {self.epoch_steps} steps into epoch {self.epoch + 1}' if self.epoch_steps else ''
+    )
+
+  def past(self, num_epochs: int) -> bool:
+    """Whether training from here on would go beyond num_epochs."""
+    return self.epoch > num_epochs or (self.epoch == num_epochs and self.epoch_steps > 0)
+
+
+def furthest_position(workdir: Path) -> Position | None:
+  """The Position of the newest checkpoint whose meta file reads, without opening orbax.
+
+  Cheap enough to ask before a run starts (and before it rewrites config.json).
+  """
+  found = (Path(workdir) / CHECKPOINT_DIR).glob('*/meta/metadata')
+  for path in sorted(
+    found, key=lambda p: -int(p.parents[1].name) if p.parents[1].name.isdigit() else 0
+  ):
+    try:
+      meta = json.loads(path.read_text())
+      return Position(**{f.name: meta[f.name] for f in dataclasses.fields(Position)})
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+  return None
+
+
+def check_end(workdir: Path, num_epochs: int) -> None:
+  """Refuses a resume whose checkpoint is already past the requested end.
+
+  Its test metrics would come from parameters trained longer than the config says.
+  """
+  position = furthest_position(workdir)
+  if position is not None and position.past(num_epochs):
+    needed = position.epoch + (1 if position.epoch_steps else 0)
+    raise UserError(
+      f'{workdir} holds a checkpoint past optim.num_epochs={num_epochs} ({position}); use '
+      f'--config.optim.num_epochs={needed} or more to finish it, or a new --workdir.'
+    )
+
 
 def open_manager(workdir: Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+  _drop_closed_loop_echoes()
   options = ocp.CheckpointManagerOptions(
     max_to_keep=None if read_only else keep,
     enable_async_checkpointing=True,
@@ -63,6 +107,10 @@ def open_manager(workdir: Path, keep: int = 2, read_only: bool = False) -> ocp.C
 
 
 def _failed(manager, error: Exception) -> UserError:
+  """The one-line error for a failed save; the half-written checkpoint goes (process 0)."""
+  if devices.is_main_process():
+    for partial in Path(manager.directory).glob('*.orbax-checkpoint-tmp*'):
+      shutil.rmtree(partial, ignore_errors=True)
   return UserError(
     f'Writing a checkpoint in {manager.directory} failed ({_first_line(error)}); fix the cause '
     '(disk space, permissions) and run the same command again to resume.'
@@ -103,24 +151,52 @@ def finish(manager: ocp.CheckpointManager) -> None:
     raise _failed(manager, error) from None
 
 
-@contextlib.contextmanager
-def _quiet_unraisable():
-  """Drops the "Exception ignored" tracebacks of orbax's reader coroutines on damaged files.
+def _closed_loop_echo(unraisable) -> bool:
+  return isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(
+    unraisable.exc_value
+  )
 
-  The error itself reaches the caller; these are its echoes from coroutines left unawaited.
+
+def _drop_closed_loop_echoes() -> None:
+  """Drops one kind of unraisable error: tensorstore's callbacks into orbax's closed loop.
+
+  When orbax gives up on a read or a write (a damaged file, a full disk), it closes its event
+  loop while tensorstore still works for it; each callback that then finishes reports to that
+  loop, and Python prints the RuntimeError with a traceback, up to dozens of them, after the
+  one-line error. Every other unraisable error still prints.
   """
   previous = sys.unraisablehook
-  sys.unraisablehook = lambda unraisable: None
-  try:
-    yield
-  finally:
-    import gc
+  if getattr(previous, 'drops_closed_loop_echoes', False):
+    return
 
-    gc.collect()
-    sys.unraisablehook = previous
+  def hook(unraisable) -> None:
+    if not _closed_loop_echo(unraisable):
+      previous(unraisable)
+
+  hook.drops_closed_loop_echoes = True
+  sys.unraisablehook = hook
+
+
+# The JSON files orbax parses in a checkpoint, relative to its step directory.
+METADATA_FILES = ('_CHECKPOINT_METADATA', 'meta/metadata', 'state/_METADATA', 'state/_sharding')
+
+
+def _check_metadata(step_dir: Path) -> None:
+  """Parses a checkpoint's JSON files before orbax does; a damaged one raises ValueError here.
+
+  Orbax reads them while its background threads already read the arrays; when one fails, those
+  threads finish into a closed event loop and print a traceback each. Failing first, in this
+  thread, starts none of them.
+  """
+  files = [step_dir / name for name in METADATA_FILES]
+  files += sorted((step_dir / 'state' / 'array_metadatas').glob('*'))
+  for file in files:
+    if file.is_file():
+      json.loads(file.read_bytes())
 
 
 def _restore(manager, step: int, abstract_state) -> tuple[steps.TrainState, Position]:
+  _check_metadata(Path(manager.directory) / str(step))
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
   if meta.get('format_version') != FORMAT_VERSION:
     raise UserError(
@@ -178,8 +254,12 @@ def restore_latest(
   keep: int = 2,
   max_epoch: int | None = None,
   read_only: bool = False,
+  attempts: int = 5,
 ) -> tuple[ocp.CheckpointManager | None, steps.TrainState | None, Position]:
   """The manager, the latest readable state (None if there is none) and its Position.
+
+  A read-only reader whose checkpoint vanishes mid-read (the training run replaced it) starts
+  over from the newest, up to `attempts` times.
 
   abstract_state (shapes, dtypes, shardings) says what the current config expects. Checkpoints
   past max_epoch are passed over (kept). Unreadable checkpoints newer than a readable one are
@@ -194,12 +274,15 @@ def restore_latest(
   for step in reversed(manager.all_steps()):
     path = manager.directory / str(step)
     try:
-      with _quiet_unraisable():
-        state, position = _restore(manager, step, abstract_state)
+      state, position = _restore(manager, step, abstract_state)
     except UserError:
       manager.close()
       raise
     except Exception as error:  # Orbax raises many types for damaged or mismatched files.
+      if read_only and not Path(path).exists() and attempts > 1:
+        # A run training there (keep_checkpoints=1) deleted it mid-read for a newer one.
+        manager.close()
+        return restore_latest(workdir, abstract_state, keep, max_epoch, read_only, attempts - 1)
       logging.warning('Checkpoint %s cannot be read: %s', path, _first_line(error))
       unreadable.append((path, error))
       continue
@@ -211,7 +294,7 @@ def restore_latest(
       aside = _set_aside(workdir, [bad for bad, _ in unreadable])
       logging.warning('Set unreadable checkpoints aside in %s; resuming from %s.', aside, path)
       manager = open_manager(workdir, keep)
-    logging.info('Restored checkpoint %s (%s).', path, position)
+    logging.info('Restored checkpoint %s: %s.', path, position)
     return manager, state, position
   if unreadable:
     manager.close()
@@ -248,6 +331,6 @@ def restore_for_inference(
   if state is None:
     raise UserError(
       f'No checkpoint in {Path(workdir) / CHECKPOINT_DIR}; train first: '
-      f'python main.py --config=configs/default.py --workdir={workdir}'
+      f'{hints.train_command(config, Path(workdir))}'
     )
   return config, info, model, state.variables

@@ -173,9 +173,13 @@ def check(config: ml_collections.ConfigDict, fields: dict[str, Field]) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UserError naming the first field of a training run whose value cannot work."""
   check(config, {path: SCHEMA[path] for path in in_use(config)})
-  if config.optim.warmup_epochs > config.optim.num_epochs:
+  cosine = config.optim.schedule == 'cosine'  # Its decay needs at least one step after warm-up.
+  if config.optim.warmup_epochs > config.optim.num_epochs or (
+    cosine and config.optim.warmup_epochs >= config.optim.num_epochs
+  ):
+    bound = 'below' if cosine else 'at most'
     raise UserError(
-      f'Invalid config: optim.warmup_epochs={config.optim.warmup_epochs!r}: expected at most '
+      f'Invalid config: optim.warmup_epochs={config.optim.warmup_epochs!r}: expected {bound} '
       f'optim.num_epochs ({config.optim.num_epochs}).'
     )
 

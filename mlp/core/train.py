@@ -11,7 +11,16 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp.core import checkpoint, configuration, devices, metrics, reporting, stopping, trainer
+from mlp.core import (
+  checkpoint,
+  configuration,
+  devices,
+  hints,
+  metrics,
+  reporting,
+  stopping,
+  trainer,
+)
 from mlp.core import workdir as lock
 from mlp.core.errors import UserError
 from mlp.core.steps import TrainState
@@ -24,12 +33,14 @@ def default_workdir(config_name: str) -> Path:
 def _check_config(config, workdir: Path) -> None:
   """Checks that resuming in workdir keeps the state and the results, then saves the config."""
   if (workdir / configuration.CONFIG_FILE).exists():
-    conflicts = configuration.resume_conflicts(configuration.load(workdir), config)
+    saved = configuration.load(workdir)
+    conflicts = configuration.resume_conflicts(saved, config)
     if conflicts:
       raise UserError(
-        f'{workdir} holds a run with another config ({conflicts}); '
-        'use a new --workdir or the same settings.'
+        f'{workdir} holds a run with another config ({conflicts}); use a new --workdir, or '
+        f'resume it with {hints.train_command(saved, workdir)}'
       )
+  checkpoint.check_end(workdir, config.optim.num_epochs)
   if devices.is_main_process():
     configuration.save(config, workdir)
 
@@ -79,7 +90,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   lock.prepare(workdir)
   with lock.locked(workdir), stopping.StopRequests() as stop:
     _check_config(config, workdir)
-    return _train(config, workdir, stop)
+    result = _train(config, workdir, stop)
+    if stop.signum:  # It came after the last boundary: the run finished, and says so.
+      raise stopping.Stopped(
+        f'{stop.name} came after the last training step; the run in {workdir} is complete.',
+        stop.signum,
+      )
+    return result
 
 
 def _log_data(splits: input_pipeline.Splits) -> None:

@@ -18,6 +18,7 @@ window), so export again after upgrading past that:
 For photos or scans of digits, mlp/reader/preprocess.py (NumPy and Pillow only) makes such inputs.
 """
 
+import contextlib
 from pathlib import Path
 
 import jax
@@ -43,18 +44,30 @@ def default_path(workdir: str | Path) -> Path:
   return workdir.with_name(workdir.name + '.jax')
 
 
-def run(workdir: str | Path, path: str | Path | None = None) -> Path:
-  """Exports the latest checkpoint of a workdir to path (default_path); returns the path."""
-  _, info, model, params = checkpoint.restore_for_inference(Path(workdir))
-  path = Path(path) if path else default_path(workdir)
+def check_target(workdir: str | Path, path: Path, overwrite: bool) -> None:
+  """Refuses, before any work, a path inside the run, a directory, or a file to keep."""
   if path.resolve().is_relative_to(Path(workdir).resolve()):
     raise UserError(f'--export_file={path} is inside the run directory; write it elsewhere.')
+  if path.is_dir():
+    raise UserError(f'--export_file={path} is a directory; name a file, such as {path}/model.jax.')
+  if path.exists() and not overwrite:
+    raise UserError(f'{path} exists; add --overwrite to replace it, or name another --export_file.')
+
+
+def run(workdir: str | Path, path: str | Path | None = None, overwrite: bool = False) -> Path:
+  """Exports the latest checkpoint of a workdir to path (default_path); returns the path."""
+  path = Path(path) if path else default_path(workdir)
+  check_target(workdir, path, overwrite)
+  _, info, model, params = checkpoint.restore_for_inference(Path(workdir))
   partial = path.with_name(path.name + '.tmp')
   try:
     partial.write_bytes(export(model, params, info.image_shape).serialize())
+    partial.replace(path)  # Atomic: a reader never sees half a file.
   except OSError as error:
-    raise UserError(f'Cannot write {partial}: {error.strerror or error}.') from None
-  partial.replace(path)  # Atomic: a reader never sees half a file.
+    raise UserError(f'Cannot write {path}: {error.strerror or error}.') from None
+  finally:
+    with contextlib.suppress(OSError):
+      partial.unlink(missing_ok=True)
   logging.info(
     'Wrote %s (%d bytes); see mlp/reader/export.py for how to load it.', path, path.stat().st_size
   )

@@ -10,7 +10,8 @@ dataset each picture is centre-cropped and resized to the dataset's image shape
 more (see MIN_CORES), and classified in batches of BATCH_SIZE, the last one padded, so any number of
 images costs one compilation. Results go to stdout in input order, one line per input: a digit,
 a number, or (stderr, and in json {"path", "error"}) why there is none; one bad file never stops
-the others. A closed stdout (`| head`) ends the run quietly.
+the others. A reader that goes away (`| head`) ends the run quietly; a stdout that cannot take
+the answers (closed, a full disk) is a one-line error and exit status 1.
 
 For a web server, `predict_bytes(data, classify)` reads one uploaded image.
 """
@@ -214,6 +215,7 @@ def run(
   """Predicts every image and prints the results; returns 1 if any image failed, else 0."""
   if not images:
     raise UserError('--mode=predict needs --image=PATH, an image file or a directory (repeatable).')
+  _check_stdout()
   info = DatasetInfo.load(Path(workdir))
   prepare = functools.partial(preprocess.prepare_file, fit_to=fit_to(info))
   paths = image_paths(images)
@@ -243,9 +245,16 @@ def run(
           last_log = time.perf_counter()
           logging.info('%d/%d images, %.0f images/s.', done, len(paths), done / (last_log - start))
     except BrokenPipeError:  # The reader went away (| head): stop quietly.
-      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+      _drop_stdout()
       pool.shutdown(cancel_futures=True)
       return 1 if failed else 0
+    except OSError as error:  # /dev/full, a full disk: the answers are lost, so say so.
+      _drop_stdout()
+      pool.shutdown(cancel_futures=True)
+      raise UserError(
+        f'Cannot write the answers to stdout ({error.strerror or error}); redirect it to a file '
+        'on a disk with space.'
+      ) from None
   seconds = time.perf_counter() - start
   logging.info(
     '%d images, %d failed, in %.1fs (%.0f images/s).',
@@ -255,6 +264,28 @@ def run(
     len(paths) / seconds,
   )
   return 1 if failed else 0
+
+
+def _check_stdout() -> None:
+  """Refuses to start when stdout is closed (`>&-`): every answer would vanish, silently."""
+  closed = UserError(
+    'stdout is closed, so the answers have nowhere to go; redirect it (> answers.txt).'
+  )
+  if sys.stdout is None:  # How Python starts when file descriptor 1 is closed.
+    raise closed
+  try:
+    descriptor = sys.stdout.fileno()
+  except (AttributeError, ValueError, OSError):
+    return  # Not a file (a notebook, a test's capture): it takes the writes.
+  try:
+    os.fstat(descriptor)
+  except OSError:
+    raise closed from None
+
+
+def _drop_stdout() -> None:
+  """Points stdout at /dev/null, so exiting does not try (and fail) to flush it again."""
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class _InProcess(concurrent.futures.Executor):

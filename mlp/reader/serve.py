@@ -14,9 +14,13 @@ Routes:
   GET  /api/health   {"status": "ok", ...the run's summary}
   GET  /api/model    the run's summary: model, dataset, classes, test accuracy.
 
-Errors are JSON {"error": "<one line>"}: 400 not an image, blank or no digit, 413 over MAX_BYTES
-or MAX_PIXELS, 415 another content type, 404/405 for other routes; 500 (the traceback stays in the
-server's log). Uploads stay in memory and no name from a client is ever opened.
+Errors are JSON {"error": "<one line>"}: 400 an image it cannot prepare (not an image, blank,
+no digit, a mode or format it cannot convert), 408 an upload that stalls for
+UPLOAD_IDLE_SECONDS, 413 over MAX_BYTES or MAX_PIXELS, 415 another content type, 404/405 for
+other routes; 500 only for a fault of the model itself (the traceback stays in the server's
+log). A client that goes away mid-upload is one log line (status 499, nginx's "client closed
+request"). Uploads stay in memory and no name from a client is ever opened. SIGTERM or Ctrl-C
+stops the server within SHUTDOWN_SECONDS, whatever its clients are doing.
 
 Only requests whose Host header names the server (localhost, 127.0.0.1, ::1 or the --host it
 listens on) are answered; others get 400, so that a web page whose domain an attacker points at
@@ -27,6 +31,7 @@ inference thread (`Batcher`) that classifies whatever has queued up meanwhile in
 batch of a fixed bucket size, each bucket compiled once at start-up.
 """
 
+import asyncio
 import base64
 import concurrent.futures
 import contextlib
@@ -51,7 +56,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -61,6 +66,8 @@ from mlp.core.errors import UserError
 from mlp.reader import predict, preprocess
 
 MAX_BYTES = 10 * 1024 * 1024  # An upload's size; phone photos are 2-8 MB.
+UPLOAD_IDLE_SECONDS = 10  # A client sending nothing for this long is answered 408 and dropped.
+SHUTDOWN_SECONDS = 3  # After a stop signal, open requests get this long before they are cut.
 MAX_PIXELS = preprocess.MAX_PIXELS  # Width x height, checked from the header before decoding.
 BUCKETS = (1, 8, 32, 128)  # Batch sizes the inference thread compiles, one program each.
 PREPARE_THREADS = max(os.cpu_count() or 1, 2)  # Decoding a photo takes tens of MB and ms.
@@ -169,10 +176,15 @@ def title(config, info: DatasetInfo) -> str:
 def _test_accuracy(metrics_file: Path) -> float | None:
   """The last test accuracy in metrics.jsonl; None if the run never reached its test."""
   accuracy = None
-  lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
+  try:
+    lines = metrics_file.read_text(errors='replace').splitlines()
+  except OSError:  # Missing, a directory, unreadable: the page shows no accuracy.
+    lines = []
   for line in lines:
-    with contextlib.suppress(json.JSONDecodeError):  # A line cut short by a killed run.
-      accuracy = json.loads(line).get('test_accuracy', accuracy)
+    with contextlib.suppress(ValueError):  # A line cut short by a killed run.
+      record = json.loads(line)
+      if isinstance(record, dict) and isinstance(record.get('test_accuracy'), float):
+        accuracy = record['test_accuracy']
   return accuracy
 
 
@@ -208,12 +220,21 @@ async def _read_body(request: Request) -> bytes:
   if declared.isdigit() and int(declared) > MAX_BYTES:
     raise too_large
   chunks, size = [], 0
-  async for chunk in request.stream():
+  stream = request.stream()
+  while True:
+    try:
+      with anyio.fail_after(UPLOAD_IDLE_SECONDS):
+        chunk = await anext(stream)
+    except StopAsyncIteration:
+      return b''.join(chunks)
+    except TimeoutError:
+      raise HTTPException(
+        408, f'the upload stalled for {UPLOAD_IDLE_SECONDS}s; send it again'
+      ) from None
     size += len(chunk)
     if size > MAX_BYTES:
       raise too_large
     chunks.append(chunk)
-  return b''.join(chunks)
 
 
 class _InMemoryParser(MultiPartParser):
@@ -250,6 +271,13 @@ async def _upload(request: Request) -> tuple[bytes, str | None]:
   return await files[0].read(), files[0].filename
 
 
+class _ModelFailed(Exception):
+  """The model, not the image, failed: a 500 (an image it cannot prepare is a 400)."""
+
+
+CLIENT_CLOSED = 499
+
+
 def make_app(
   workdir: Path, config, info: DatasetInfo, params, batcher: Batcher, host: str = '127.0.0.1'
 ):
@@ -273,14 +301,25 @@ def make_app(
   async def predict_route(request: Request) -> JSONResponse:
     data, filename = await _upload(request)
 
+    def classify(images: np.ndarray) -> np.ndarray:
+      try:
+        return batcher(images)
+      except Exception as error:
+        raise _ModelFailed from error
+
     def work() -> tuple[dict, list[np.ndarray]]:
       _check_pixels(data)
-      return predict.read_bytes(data, batcher, info)
+      return predict.read_bytes(data, classify, info)
 
     try:
       result, seen = await anyio.to_thread.run_sync(work, limiter=limiter)
     except UserError as error:
       raise HTTPException(400, str(error)) from None
+    except _ModelFailed:
+      raise
+    except Exception as error:  # Pillow and NumPy on a file they cannot convert (LAB TIFF...).
+      reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+      raise HTTPException(400, f'cannot prepare this image ({reason})') from None
     if 'error' in result:  # No digit: the model's refusal, as the reader's.
       raise HTTPException(400, result['error'])
     if filename:
@@ -295,6 +334,9 @@ def make_app(
   async def server_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({'error': 'internal error; the server log has the details'}, 500)
 
+  async def went_away(request: Request, error: ClientDisconnect) -> Response:
+    return Response(status_code=CLIENT_CLOSED)  # Nobody reads it; the access log line says 499.
+
   routes = [
     Route('/', index),
     Route('/favicon.ico', favicon),
@@ -303,7 +345,12 @@ def make_app(
     Route('/api/predict', predict_route, methods=['POST']),
   ]
   app = Starlette(
-    routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}
+    routes=routes,
+    exception_handlers={
+      HTTPException: http_error,
+      ClientDisconnect: went_away,
+      Exception: server_error,
+    },
   )
   return _LogRequests(_Guard(app, allowed_hosts(host)))
 
@@ -376,6 +423,8 @@ class _LogRequests:
 
     try:
       await self.app(scope, receive, sending)
+    except asyncio.CancelledError:  # Cut at shutdown (a stalled upload): its log line says 503.
+      status = 503
     finally:
       client = scope.get('client') or ('-', 0)
       logging.info(
@@ -414,7 +463,11 @@ def run(workdir: str, host: str, port: int) -> int:
       host,
     )
   logging.info('Serving %s on %s (Ctrl-C stops).', workdir, url)
-  server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
+  server = uvicorn.Server(
+    uvicorn.Config(
+      app, log_config=None, access_log=False, timeout_graceful_shutdown=SHUTDOWN_SECONDS
+    )
+  )
   try:
     server.run(sockets=[sock])
   except KeyboardInterrupt:  # Uvicorn re-raises Ctrl-C once it has shut down gracefully.

@@ -23,7 +23,9 @@ from absl import logging
 from jax import monitoring
 
 import input_pipeline
-from mlp.core import configuration, devices, trainer
+from mlp.core import configuration, devices, limits, trainer
+from mlp.core import workdir as lock
+from mlp.core.errors import UserError
 from mlp.tools import ab, fields, flops
 
 _compile_seconds = [0.0]
@@ -305,7 +307,23 @@ def run(config: ml_collections.ConfigDict, workdir: Path | None = None) -> list[
   configuration.check(config, fields.paths('benchmark'))
   sizes = tuple(config.benchmark.batch_sizes) or (config.optim.batch_size,)
   for batch_size in sizes:
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise UserError(
+        f'benchmark.batch_sizes={",".join(map(str, sizes))}: {batch_size!r} is not a batch size; '
+        'list positive integers, such as 50,100,200.'
+      )
     devices.check_batch_size(batch_size)
+    limits.check_batch('benchmark.batch_sizes', batch_size, config)
+  if len(sizes) == 1:
+    return _measure_all(config, sizes, None)
+  workdir = Path(workdir or Path('runs') / f'benchmark-{time.strftime("%Y%m%d-%H%M%S")}')
+  lock.prepare(workdir)  # Before the measuring: a --workdir naming a file fails in seconds.
+  with lock.locked(workdir):  # Two benchmarks in one workdir: the second is refused.
+    return _measure_all(config, sizes, workdir)
+
+
+def _measure_all(config, sizes: tuple[int, ...], workdir: Path | None) -> list[dict]:
+  """Measures each batch size; writes the curve to workdir for several."""
   split, _ = input_pipeline.load_train_split(config)
   info = input_pipeline.DatasetInfo.of(config.data.name, split)
   if config.benchmark.compare:
@@ -329,6 +347,6 @@ def run(config: ml_collections.ConfigDict, workdir: Path | None = None) -> list[
       logging.info(
         'Profile written to %s (open with TensorBoard or Perfetto).', config.benchmark.profile
       )
-  if len(results) > 1:
-    save_curve(results, workdir or Path('runs') / f'benchmark-{time.strftime("%Y%m%d-%H%M%S")}')
+  if workdir is not None:
+    save_curve(results, workdir)
   return results

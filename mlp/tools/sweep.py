@@ -29,6 +29,7 @@ from absl import logging
 
 import input_pipeline
 from mlp.core import configuration, trainer
+from mlp.core import workdir as lock
 from mlp.core.errors import UserError
 from mlp.core.fields import Role
 
@@ -227,10 +228,18 @@ def write_config(config: ml_collections.ConfigDict, record: dict, path: Path) ->
 
 
 def _read_records(path: Path) -> dict[str, dict]:
+  """The finished trials; a damaged line (a cut write, an edit) is dropped: that trial reruns."""
   if not path.exists():
     return {}
-  records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-  return {record['id']: record for record in records}
+  records = {}
+  for number, line in enumerate(path.read_text(errors='replace').splitlines(), 1):
+    try:
+      record = json.loads(line)
+      records[record['id']] = record
+    except (ValueError, KeyError, TypeError):
+      if line.strip():
+        logging.warning('%s: line %d is damaged; its trial is trained again.', path, number)
+  return records
 
 
 def _write_records(path: Path, records: dict[str, dict]) -> None:
@@ -290,7 +299,13 @@ def run(config: ml_collections.ConfigDict | None, workdir: str | Path | None = N
     trials.setdefault(trial_id(trial), (trial, overrides))
 
   workdir = Path(workdir or Path('runs') / f'sweep-{time.strftime("%Y%m%d-%H%M%S")}')
-  workdir.mkdir(parents=True, exist_ok=True)
+  lock.prepare(workdir)
+  with lock.locked(workdir):  # Two sweeps in one workdir would each drop the other's trials.
+    return _run_trials(config, search, trials, workdir)
+
+
+def _run_trials(config, search: dict, trials: dict, workdir: Path) -> dict:
+  """Trains the unfinished trials, then writes the table and the best config."""
   results = workdir / RESULTS_FILE
   records = _read_records(results)
   batches = _batches(trials, records, search['max_parallel'])
