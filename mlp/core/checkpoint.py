@@ -94,7 +94,7 @@ def check_end(workdir: Path, num_epochs: int) -> None:
 
 
 def open_manager(workdir: Path, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
-  _drop_closed_loop_echoes()
+  _drop_orbax_echoes()
   options = ocp.CheckpointManagerOptions(
     max_to_keep=None if read_only else keep,
     enable_async_checkpointing=True,
@@ -151,29 +151,34 @@ def finish(manager: ocp.CheckpointManager) -> None:
     raise _failed(manager, error) from None
 
 
-def _closed_loop_echo(unraisable) -> bool:
+def _orbax_echo(unraisable) -> bool:
+  """A callback into orbax's closed event loop, or one of orbax's reader coroutines dropped
+  with the error its sibling already raised."""
+  code = getattr(unraisable.object, 'cr_code', None)
+  if code is not None and '/orbax/' in code.co_filename:
+    return True
   return isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(
     unraisable.exc_value
   )
 
 
-def _drop_closed_loop_echoes() -> None:
-  """Drops one kind of unraisable error: tensorstore's callbacks into orbax's closed loop.
+def _drop_orbax_echoes() -> None:
+  """Drops the unraisable errors orbax leaves behind when a read or write fails.
 
-  When orbax gives up on a read or a write (a damaged file, a full disk), it closes its event
-  loop while tensorstore still works for it; each callback that then finishes reports to that
-  loop, and Python prints the RuntimeError with a traceback, up to dozens of them, after the
-  one-line error. Every other unraisable error still prints.
+  When orbax gives up (a damaged file, a full disk), it closes its event loop while tensorstore
+  still works for it, and drops the sibling coroutines of the one that failed: each callback
+  into that loop, and each such coroutine, then prints the same error with a traceback, up to
+  dozens of them, after the one-line error. Every other unraisable error still prints.
   """
   previous = sys.unraisablehook
-  if getattr(previous, 'drops_closed_loop_echoes', False):
+  if getattr(previous, 'drops_orbax_echoes', False):
     return
 
   def hook(unraisable) -> None:
-    if not _closed_loop_echo(unraisable):
+    if not _orbax_echo(unraisable):
       previous(unraisable)
 
-  hook.drops_closed_loop_echoes = True
+  hook.drops_orbax_echoes = True
   sys.unraisablehook = hook
 
 
