@@ -96,14 +96,18 @@ def pytest_collection_modifyitems(items):
       item.add_marker(pytest.mark.integration)
 
 
-def run_main(*args: str, cwd=None) -> subprocess.CompletedProcess:
-  """main.py in a subprocess, as a user runs it; stdout and stderr captured as text."""
+def run_main(*args: str, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
+  """main.py in a subprocess, as a user runs it; stdout and stderr captured as text.
+
+  env adds to this process's environment (which disables XLA's optimisations, as tests do).
+  """
   return subprocess.run(
     [sys.executable, str(ROOT / 'main.py'), *args],
     capture_output=True,
     text=True,
     timeout=300,
     cwd=cwd,
+    env={**os.environ, **(env or {})},
   )
 
 
@@ -211,11 +215,17 @@ def real_config(real_cache_dir):
 
 @pytest.fixture(scope='session')
 def trained_mnist_workdir(tmp_path_factory, real_config) -> Path:
-  """A workdir of the default config trained on real MNIST, shared by the tests that need one."""
-  from mlp.core import train
-
-  workdir = tmp_path_factory.mktemp('trained_default')
-  train.train_and_evaluate(real_config, workdir)
+  """A workdir of the default config trained on real MNIST by the command a user runs, with
+  XLA's optimisations on: shared by the tests that need a real model."""
+  workdir = tmp_path_factory.mktemp('trained_default') / 'run'
+  result = run_main(
+    f'--config={ROOT / "configs" / "default.py"}',
+    f'--workdir={workdir}',
+    f'--config.data.dir={real_config.data.dir}',
+    f'--config.run.cache_dir={real_config.run.cache_dir}',
+    env={'JAX_DISABLE_MOST_OPTIMIZATIONS': 'false'},
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
 
