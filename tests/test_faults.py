@@ -329,7 +329,8 @@ def test_read_only_modes_leave_the_workdir_as_it_was(tmp_path, mock_mnist, capsy
   train.evaluate_checkpoint(workdir)
   image = tmp_path / 'digit.png'
   Image.fromarray(np.pad(np.full((12, 4), 255, np.uint8), 8)).save(image)
-  assert predict.run(workdir, [str(image)], 'json', str(tmp_path / 'seen')) == 0
+  predict.run(workdir, [str(image)], 'json', str(tmp_path / 'seen'))  # A tiny model may refuse.
+  assert '"path"' in capsys.readouterr().out
   written = export.run(workdir)
   assert written == tmp_path / 'run.jax' and written.stat().st_size > 1000
   with pytest.raises(UserError, match='inside the run directory'):
@@ -386,6 +387,17 @@ def _edit_config(**values) -> Callable[[Path], None]:
     path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
 
   return change
+
+
+def _drop_fields(*paths: str) -> Callable[[Path], None]:
+  """config.json as code older than those fields wrote it."""
+
+  def drop(run: Path) -> None:
+    path = run / configuration.CONFIG_FILE
+    values = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in values.items() if k not in paths}))
+
+  return drop
 
 
 def _damage_steps(which: slice) -> Callable[[Path], None]:
@@ -483,7 +495,7 @@ CASES = [
     'one of constant, cosine',
   ),
   Case('unknown placement', (*TRAIN, '--config.run.placement=gpu', RUN), 1, 'run.placement'),
-  Case('unknown model', (*TRAIN, '--config.model=resnet', RUN), 1, 'one of mlp, cnn'),
+  Case('unknown model', (*TRAIN, '--config.model=transformer', RUN), 1, 'one of mlp, cnn'),
   Case('keep no checkpoints', (*TRAIN, '--config.run.keep_checkpoints=0', RUN), 1, 'keep_check'),
   Case(
     'validation fraction 0', (*TRAIN, '--config.data.validation_fraction=0', RUN), 1, 'fraction'
@@ -652,10 +664,26 @@ CASES = [
   Case(
     'config.json unknown field',
     ('--mode=eval', RUN),
-    1,
-    'unknown optim.speed',
+    0,
+    'ignoring optim.speed',
     (CONFIG,),
     _trained(_edit_config(**{'optim.speed': 1})),
+  ),
+  Case(
+    'config.json without a field added since',
+    ('--mode=eval', RUN),
+    0,
+    'defaults fill in run.keep_checkpoints',
+    (CONFIG,),
+    _trained(_drop_fields('run.keep_checkpoints')),
+  ),
+  Case(
+    'config.json without a field that changes results',
+    ('--mode=eval', RUN),
+    1,
+    'has no optim.label_smoothing',
+    (CONFIG,),
+    _trained(_drop_fields('optim.label_smoothing')),
   ),
   Case(
     'config.json huge eval batch',
@@ -1077,14 +1105,16 @@ def test_predict_fails_when_its_answers_cannot_be_written(tmp_path, table_result
   image = tmp_path / 'digit.png'
   Image.fromarray(np.pad(np.full((12, 4), 255, np.uint8), 8)).save(image)
   command = [sys.executable, str(ROOT / 'main.py'), '--mode=predict', f'--workdir={trained}']
-  command.append(f'--image={image}')
+  command += [f'--image={image}', '--output=json']  # An answer or a refusal: a line either way.
   closed = subprocess.run(
     command, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1)
   )
   with open('/dev/full', 'w') as full:
     filled = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True)
   for done, message in ((closed, 'stdout is closed'), (filled, 'Cannot write the answers')):
-    result = {'status': done.returncode, 'stderr': done.stderr, 'changed': [], 'runs_dir': False}
+    # The tiny model may refuse the digit, in a line of its own: the answer, not a fault.
+    stderr = ''.join(l for l in done.stderr.splitlines(True) if 'no digit found' not in l)
+    result = {'status': done.returncode, 'stderr': stderr, 'changed': [], 'runs_dir': False}
     found = problems(result, Case('predict', (), 1, message))
     assert not found, f'{found}\n{done.stderr[-3000:]}'
 

@@ -315,7 +315,7 @@ def make_app(
       result, seen = await anyio.to_thread.run_sync(work, limiter=limiter)
     except UserError as error:
       raise HTTPException(400, str(error)) from None
-    except _ModelFailed:
+    except (_ModelFailed, HTTPException):
       raise
     except Exception as error:  # Pillow and NumPy on a file they cannot convert (LAB TIFF...).
       reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
