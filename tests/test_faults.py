@@ -1113,7 +1113,8 @@ def test_predict_fails_when_its_answers_cannot_be_written(tmp_path, table_result
     filled = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True)
   for done, message in ((closed, 'stdout is closed'), (filled, 'Cannot write the answers')):
     # The tiny model may refuse the digit, in a line of its own: the answer, not a fault.
-    stderr = ''.join(l for l in done.stderr.splitlines(True) if 'no digit found' not in l)
+    lines = done.stderr.splitlines(True)
+    stderr = ''.join(line for line in lines if 'no digit found' not in line)
     result = {'status': done.returncode, 'stderr': stderr, 'changed': [], 'runs_dir': False}
     found = problems(result, Case('predict', (), 1, message))
     assert not found, f'{found}\n{done.stderr[-3000:]}'
