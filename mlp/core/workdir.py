@@ -48,7 +48,7 @@ def prepare(workdir: files.AnyPath) -> None:
 
 
 @contextlib.contextmanager
-def left_as_found(workdir: Path, config_file: str = 'config.json') -> Iterator[None]:
+def left_as_found(workdir: files.AnyPath, config_file: str = 'config.json') -> Iterator[None]:
   """A start that fails before any checkpoint or epoch record leaves the workdir as it was.
 
   A directory this start created is removed; in one that existed, config.json gets back its
