@@ -73,12 +73,12 @@ def run_name(argv: list[str]) -> str:
 
 
 def _train() -> int:
-  from mlp.core import train
+  from mlp.core import files, train
   from mlp.core import workdir as workdirs
 
   workdir = FLAGS.workdir or train.default_workdir(run_name(sys.argv[1:]))
   logging.info('Workdir: %s', workdir)
-  with workdirs.left_as_found(Path(workdir)):
+  with workdirs.left_as_found(files.path(workdir)):
     train.train_and_evaluate(FLAGS.config, workdir)
   return 0
 
@@ -177,16 +177,16 @@ def check_flags(mode_name: str) -> Mode:
 
 def load_saved(workdir: str):
   """The config saved in workdir, checked as a new one is: config.json may be hand-edited."""
-  from mlp.core import configuration
+  from mlp.core import configuration, files
 
-  config = configuration.load(Path(workdir))
+  config = configuration.load(workdir)
   try:
     configuration.validate(config)
   except Exception as error:  # A value of a wrong type makes the checks themselves raise.
     message = str(error).removeprefix('Invalid config: ')
     raise UserError(
-      f'{Path(workdir) / configuration.CONFIG_FILE}: {message}; fix that value or train into a '
-      'new workdir.'
+      f'{files.path(workdir) / configuration.CONFIG_FILE}: {message}; fix that value or train '
+      'into a new workdir.'
     ) from None
   return config
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from input_pipeline import mnist_files
 from input_pipeline.errors import UserError
@@ -67,14 +68,19 @@ class DatasetInfo:
     """Grey pictures of the ten digits: predict prepares users' images the way MNIST was made."""
     return self.image_shape[-1] == 1 and self.class_names == DIGITS
 
-  def save(self, workdir: Path) -> None:
+  def save(self, workdir: str | os.PathLike) -> None:
+    """Writes dataset.json atomically: renamed into place on a disk, uploaded whole in a bucket."""
+    text = json.dumps(dataclasses.asdict(self), indent=2) + '\n'
+    if '://' in os.fspath(workdir):  # An object is replaced whole; a bucket has no rename.
+      (epath.Path(workdir) / INFO_FILE).write_text(text)
+      return
     partial = Path(workdir) / f'{INFO_FILE}.tmp'
-    partial.write_text(json.dumps(dataclasses.asdict(self), indent=2) + '\n')
+    partial.write_text(text)
     partial.replace(Path(workdir) / INFO_FILE)
 
   @classmethod
-  def load(cls, workdir: Path) -> 'DatasetInfo':
-    path = Path(workdir) / INFO_FILE
+  def load(cls, workdir: str | os.PathLike) -> 'DatasetInfo':
+    path = epath.Path(workdir) / INFO_FILE
     try:
       values = json.loads(path.read_text())
       return cls(values['name'], tuple(values['image_shape']), tuple(values['class_names']))

@@ -1,7 +1,9 @@
 """Checkpoints of the train state in <workdir>/checkpoints, written with orbax.
 
-Saves are asynchronous (training goes on while files are written) and atomic (orbax writes a
-temporary directory and renames it), so a killed run leaves only complete checkpoints. Each
+Saves are asynchronous (training goes on while files are written) and atomic, so a killed run
+leaves only complete checkpoints: on a disk orbax writes a temporary directory and renames it;
+in a bucket, which has no rename, it writes the step's directory and a commit_success.txt last,
+and counts only steps that have one. Each
 checkpoint is named by its optimizer step and carries a format version and its Position: the
 epochs done and, for a run stopped mid-epoch, the steps and metric sums of the next epoch.
 When training resumes, a damaged latest checkpoint is set aside (process 0 moves it to
@@ -23,7 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from input_pipeline import DatasetInfo
-from mlp.core import build, configuration, devices, hints, steps
+from mlp.core import build, configuration, devices, files, hints, steps
 from mlp.core.errors import UserError
 
 # Bump when the train state's structure changes; older checkpoints are then refused clearly.
@@ -67,7 +69,7 @@ def furthest_position(workdir: Path) -> Position | None:
 
   Cheap enough to ask before a run starts (and before it rewrites config.json).
   """
-  found = (Path(workdir) / CHECKPOINT_DIR).glob('*/meta/metadata')
+  found = (files.path(workdir) / CHECKPOINT_DIR).glob('*/meta/metadata')
   for path in sorted(
     found, key=lambda p: -int(p.parents[1].name) if p.parents[1].name.isdigit() else 0
   ):
@@ -103,7 +105,7 @@ def open_manager(workdir: Path, keep: int = 2, read_only: bool = False) -> ocp.C
     create=not read_only,
     save_interval_steps=0 if read_only else 1,
   )
-  return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
+  return ocp.CheckpointManager(files.path(workdir) / CHECKPOINT_DIR, options=options)
 
 
 def _failed(manager, error: Exception) -> UserError:
@@ -193,15 +195,15 @@ def _check_metadata(step_dir: Path) -> None:
   threads finish into a closed event loop and print a traceback each. Failing first, in this
   thread, starts none of them.
   """
-  files = [step_dir / name for name in METADATA_FILES]
-  files += sorted((step_dir / 'state' / 'array_metadatas').glob('*'))
-  for file in files:
+  paths = [step_dir / name for name in METADATA_FILES]
+  paths += sorted((step_dir / 'state' / 'array_metadatas').glob('*'))
+  for file in paths:
     if file.is_file():
       json.loads(file.read_bytes())
 
 
 def _restore(manager, step: int, abstract_state) -> tuple[steps.TrainState, Position]:
-  _check_metadata(Path(manager.directory) / str(step))
+  _check_metadata(manager.directory / str(step))
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
   if meta.get('format_version') != FORMAT_VERSION:
     raise UserError(
@@ -235,9 +237,10 @@ def _first_line(error: Exception) -> str:
 def _set_aside(workdir: Path, paths: list[Path]) -> Path:
   """Moves checkpoints to UNREADABLE_DIR, each under a name no earlier one has taken.
 
-  Process 0 moves; the others wait for it, so that all then see the same checkpoints.
+  Process 0 moves; the others wait for it, so that all then see the same checkpoints. In a
+  bucket a move copies each object, then deletes it: one stopped midway leaves both copies.
   """
-  aside = Path(workdir) / UNREADABLE_DIR
+  aside = files.path(workdir) / UNREADABLE_DIR
   if devices.is_main_process():
     aside.mkdir(exist_ok=True)
     for path in paths:
@@ -245,7 +248,10 @@ def _set_aside(workdir: Path, paths: list[Path]) -> Path:
       copies = 1
       while target.exists():
         target, copies = aside / f'{path.name}.{copies}', copies + 1
-      shutil.move(path, target)
+      if files.in_bucket(path):
+        path.rename(target)
+      else:
+        shutil.move(path, target)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
@@ -272,7 +278,7 @@ def restore_latest(
   that is an error and nothing is moved. read_only opens no manager where there are no
   checkpoints, so nothing is created (the manager is then None).
   """
-  if read_only and not (Path(workdir) / CHECKPOINT_DIR).is_dir():
+  if read_only and not (files.path(workdir) / CHECKPOINT_DIR).is_dir():
     return None, None, Position()
   manager = open_manager(workdir, keep, read_only)
   unreadable = []
@@ -284,7 +290,7 @@ def restore_latest(
       manager.close()
       raise
     except Exception as error:  # Orbax raises many types for damaged or mismatched files.
-      if read_only and not Path(path).exists() and attempts > 1:
+      if read_only and not path.exists() and attempts > 1:
         # A run training there (keep_checkpoints=1) deleted it mid-read for a newer one.
         manager.close()
         return restore_latest(workdir, abstract_state, keep, max_epoch, read_only, attempts - 1)
@@ -335,7 +341,7 @@ def restore_for_inference(
     manager.close()
   if state is None:
     raise UserError(
-      f'No checkpoint in {Path(workdir) / CHECKPOINT_DIR}; train first: '
-      f'{hints.train_command(config, Path(workdir))}'
+      f'No checkpoint in {files.path(workdir) / CHECKPOINT_DIR}; train first: '
+      f'{hints.train_command(config, files.path(workdir))}'
     )
   return config, info, model, state.variables

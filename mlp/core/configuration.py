@@ -10,14 +10,14 @@ vary, and whether a run saved before the field existed can still be read.
 
 import functools
 import json
-from pathlib import Path
+import os
 from typing import Any
 
 import ml_collections
 from absl import logging
 from ml_collections import config_dict
 
-from mlp.core import models
+from mlp.core import files, models
 from mlp.core.errors import UserError
 from mlp.core.fields import Field, Role, at_least, choice, fraction, positive
 from mlp.core.optimizer import SCHEDULES
@@ -190,16 +190,16 @@ def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {path: get(config, path) for path in in_use(config)}
 
 
-def save(config: ml_collections.ConfigDict, workdir: Path) -> None:
+def save(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
   """Writes the fields in use, from which later modes rebuild the model; atomically."""
-  partial = Path(workdir) / f'{CONFIG_FILE}.tmp'
-  partial.write_text(json.dumps(to_dict(config), indent=2) + '\n')
-  partial.replace(Path(workdir) / CONFIG_FILE)
+  files.write_atomic(
+    files.path(workdir) / CONFIG_FILE, json.dumps(to_dict(config), indent=2) + '\n'
+  )
 
 
-def load(workdir: Path) -> ml_collections.ConfigDict:
+def load(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   """The config a workdir was trained with; fields this code added since fill in, if they may."""
-  path = Path(workdir) / CONFIG_FILE
+  path = files.path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise UserError(f'{path} does not exist; train into this workdir first.')
   try:

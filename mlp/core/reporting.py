@@ -1,17 +1,21 @@
 """What a run leaves for people to read: metrics, TensorBoard summaries and pictures.
 
 Summaries are appended to event files under <workdir>/tensorboard while training runs, so a
-killed or resumed run keeps everything it wrote. Pictures are drawn once, at the end, as PNGs
-in the workdir, by a child process (draw_in_background): importing matplotlib and drawing take
-longer than the default run's training, and nobody needs to wait for them. Neither needs
-TensorFlow.
+killed or resumed run keeps everything it wrote; in a bucket, which has no append, each event
+file is written locally and uploaded whole after every flush (once an epoch; they are small).
+Pictures are drawn once, at the end, as PNGs in the workdir, by a child process
+(draw_in_background): importing matplotlib and drawing take longer than the default run's
+training, and nobody needs to wait for them. Neither needs TensorFlow.
 """
 
+import io
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Sequence
@@ -19,9 +23,12 @@ from pathlib import Path
 
 import numpy as np
 from absl import logging
+from etils import epath
 from tensorboardX import summary
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event
+
+from mlp.core import files
 
 TENSORBOARD_DIR = 'tensorboard'
 METRICS_FILE = 'metrics.jsonl'
@@ -60,22 +67,25 @@ class Metrics:
 
   def __init__(
     self,
-    workdir: str | Path,
+    workdir: str | epath.PathLike,
     config_values: dict,
     records: Sequence[dict] = (),
     enabled: bool = True,
   ):
-    self.workdir = Path(workdir)
+    self.workdir = files.path(workdir)
     self.records = list(records)
     self._config_values = config_values
     self._writer = None
+    self._logdir = self.workdir / TENSORBOARD_DIR
+    # In a bucket the events go to a local file first, uploaded whole after each flush.
+    self._local = tempfile.mkdtemp(prefix='tensorboard-') if files.in_bucket(self.workdir) else ''
     if enabled:
-      logdir = self.workdir / TENSORBOARD_DIR
-      logdir.mkdir(parents=True, exist_ok=True)
+      if not self._local:
+        self._logdir.mkdir(parents=True, exist_ok=True)
       # tensorboardX names files by the second and truncates existing ones: a resume within
       # the same second would erase the earlier file without a suffix of its own.
       suffix = f'.{os.getpid()}.{next(_writer_ids)}'
-      self._writer = EventsWriter(str(logdir / 'events'), suffix)
+      self._writer = EventsWriter(os.path.join(self._local or self._logdir, 'events'), suffix)
       config_text = textwrap.indent(json.dumps(config_values, indent=2), '    ')  # Markdown code.
       self._write_events([summary.text('config', config_text)], step=0)
       self._write_file()
@@ -104,16 +114,20 @@ class Metrics:
     for value in summaries:
       self._writer.write_event(Event(wall_time=time.time(), step=step, summary=value))
     self._writer.flush()
+    if self._local:
+      written = Path(self._writer._file_name)  # tensorboardX keeps no public name.
+      files.write_atomic(self._logdir / written.name, written.read_bytes())
 
   def _write_file(self) -> None:
-    partial = self.workdir / f'{METRICS_FILE}.tmp'
-    partial.write_text(''.join(json.dumps(r) + '\n' for r in self.records))
-    partial.replace(self.workdir / METRICS_FILE)
+    lines = ''.join(json.dumps(r) + '\n' for r in self.records)
+    files.write_atomic(self.workdir / METRICS_FILE, lines)
 
   def close(self) -> None:
     if self._writer is not None:
       self._writer.close()
       self._writer = None
+    if self._local:
+      shutil.rmtree(self._local, ignore_errors=True)
 
 
 def _figure(width: float, height: float):
@@ -123,7 +137,18 @@ def _figure(width: float, height: float):
   return Figure(figsize=(width, height), dpi=100, layout='constrained')
 
 
-def save_training_curves(path: str | Path, records: Sequence[dict[str, float]]) -> Path:
+def _save(figure, path: str | epath.PathLike) -> files.AnyPath:
+  """Writes the figure as a PNG at path: on a disk, or in a bucket in one upload."""
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format='png')
+  path = files.path(path)
+  files.write_atomic(path, buffer.getvalue())
+  return path
+
+
+def save_training_curves(
+  path: str | epath.PathLike, records: Sequence[dict[str, float]]
+) -> files.AnyPath:
   """Loss and accuracy per epoch, train against validation, in two panels."""
   epochs = [r['epoch'] for r in records]
   figure = _figure(10, 4)
@@ -133,8 +158,7 @@ def save_training_curves(path: str | Path, records: Sequence[dict[str, float]]) 
     axes.set(title=metric.capitalize(), xlabel='epoch')
     axes.grid(alpha=0.3)
     axes.legend()
-  figure.savefig(path)
-  return Path(path)
+  return _save(figure, path)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int = 10):
@@ -143,7 +167,9 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
   return np.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def save_confusion_matrix(path: str | Path, matrix: np.ndarray, class_names: Sequence[str]) -> Path:
+def save_confusion_matrix(
+  path: str | epath.PathLike, matrix: np.ndarray, class_names: Sequence[str]
+) -> files.AnyPath:
   """The confusion matrix as a heat map with every count written in its cell."""
   figure = _figure(7, 6)
   axes = figure.subplots()
@@ -157,8 +183,7 @@ def save_confusion_matrix(path: str | Path, matrix: np.ndarray, class_names: Seq
   for (row, column), count in np.ndenumerate(matrix):
     colour = 'white' if count > matrix.max() / 2 else 'black'
     axes.text(column, row, count, ha='center', va='center', color=colour, fontsize=8)
-  figure.savefig(path)
-  return Path(path)
+  return _save(figure, path)
 
 
 def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int) -> np.ndarray:
@@ -170,14 +195,14 @@ def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int
 
 
 def save_misclassified(
-  path: str | Path,
+  path: str | epath.PathLike,
   images: np.ndarray,
   labels: np.ndarray,
   probabilities: np.ndarray,
   class_names: Sequence[str],
   rows: int = 4,
   columns: int = 6,
-) -> Path:
+) -> files.AnyPath:
   """A grid of the most confidently misclassified images, captioned true, predicted, probability.
 
   The grid is one mosaic image in one axes: drawing 24 axes costs about twice as long. Grey
@@ -215,18 +240,17 @@ def save_misclassified(
       va='center',
       fontsize=16,
     )
-  figure.savefig(path)
-  return Path(path)
+  return _save(figure, path)
 
 
 def save_pictures(
-  workdir: str | Path,
+  workdir: str | epath.PathLike,
   records: Sequence[dict[str, float]],
   images: np.ndarray,
   labels: np.ndarray,
   probabilities: np.ndarray,
   class_names: Sequence[str],
-) -> list[Path]:
+) -> list[files.AnyPath]:
   """Writes training_curves.png, confusion_matrix.png and misclassified.png into workdir.
 
   Args:
@@ -240,7 +264,7 @@ def save_pictures(
   Returns:
     The paths written.
   """
-  workdir = Path(workdir)
+  workdir = files.path(workdir)
   matrix = confusion_matrix(labels, probabilities.argmax(axis=1), probabilities.shape[1])
   return [
     save_training_curves(workdir / 'training_curves.png', records),
@@ -250,7 +274,7 @@ def save_pictures(
 
 
 def draw_in_background(
-  workdir: Path,
+  workdir: files.AnyPath,
   records: Sequence[dict[str, float]],
   images: np.ndarray,
   labels: np.ndarray,
@@ -259,10 +283,16 @@ def draw_in_background(
 ) -> subprocess.Popen:
   """save_pictures in a child process of its own session, which outlives this one.
 
-  Its inputs go to <workdir>/PICTURE_INPUTS, removed once the PNGs are written; a failure is
-  one line on stderr. A signal to this process does not reach the child.
+  Its inputs go to <workdir>/PICTURE_INPUTS (a local temporary file for a workdir in a bucket),
+  removed once the PNGs are written; a failure is one line on stderr. A signal to this process
+  does not reach the child.
   """
-  inputs = Path(workdir) / PICTURE_INPUTS
+  if files.in_bucket(workdir):
+    descriptor, name = tempfile.mkstemp(suffix=PICTURE_INPUTS)
+    os.close(descriptor)
+    inputs = Path(name)
+  else:
+    inputs = Path(workdir) / PICTURE_INPUTS
   with open(inputs, 'wb') as file:
     np.savez(
       file,
@@ -274,15 +304,14 @@ def draw_in_background(
     )
   root = Path(__file__).resolve().parents[2]
   return subprocess.Popen(
-    [sys.executable, '-m', 'mlp.core.reporting', str(Path(workdir).absolute())],
+    [sys.executable, '-m', 'mlp.core.reporting', str(files.path(workdir)), str(inputs)],
     cwd=root,
     stdin=subprocess.DEVNULL,
     start_new_session=True,
   )
 
 
-def _draw(workdir: Path) -> int:
-  inputs = workdir / PICTURE_INPUTS
+def _draw(workdir: files.AnyPath, inputs: Path) -> int:
   try:
     with np.load(inputs) as data:
       save_pictures(
@@ -302,4 +331,4 @@ def _draw(workdir: Path) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(_draw(Path(sys.argv[1])))
+  sys.exit(_draw(files.path(sys.argv[1]), Path(sys.argv[2])))

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from mlp.core import (
   checkpoint,
   configuration,
   devices,
+  files,
   hints,
   metrics,
   reporting,
@@ -30,7 +32,7 @@ def default_workdir(config_name: str) -> Path:
   return Path('runs') / f'{config_name}-{time.strftime("%Y%m%d-%H%M%S")}'
 
 
-def _check_config(config, workdir: Path) -> None:
+def _check_config(config, workdir: files.AnyPath) -> None:
   """Checks that resuming in workdir keeps the state and the results, then saves the config."""
   if (workdir / configuration.CONFIG_FILE).exists():
     saved = configuration.load(workdir)
@@ -45,7 +47,7 @@ def _check_config(config, workdir: Path) -> None:
     configuration.save(config, workdir)
 
 
-def _read_records(workdir: Path) -> list[dict]:
+def _read_records(workdir: files.AnyPath) -> list[dict]:
   """The epoch records of metrics.jsonl that are whole and in order: epochs 1, 2, ..., k.
 
   A damaged line is dropped with a warning, with every line after it: the run resumes from a
@@ -55,7 +57,7 @@ def _read_records(workdir: Path) -> list[dict]:
   if not path.exists():
     return []
   records = []
-  for number, line in enumerate(path.read_text(errors='replace').splitlines(), 1):
+  for number, line in enumerate(path.read_bytes().decode(errors='replace').splitlines(), 1):
     if not line.strip():
       continue
     try:
@@ -76,7 +78,7 @@ def _read_records(workdir: Path) -> list[dict]:
   return records
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   """Trains (or resumes in workdir), validating each epoch and testing at the end.
 
   Returns the per-epoch records and the final test metrics, as written to metrics.jsonl. On
@@ -86,7 +88,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   configuration.validate(config)
   devices.check_batch_size(config.optim.batch_size, 'optim.batch_size')
   devices.check_batch_size(config.run.eval_batch_size, 'run.eval_batch_size')
-  workdir = Path(workdir)
+  workdir = files.path(workdir)  # A directory, or a bucket's gs://bucket/path.
   lock.prepare(workdir)
   with lock.locked(workdir), stopping.StopRequests() as stop:
     _check_config(config, workdir)
@@ -111,7 +113,7 @@ def _log_data(splits: input_pipeline.Splits) -> None:
   )
 
 
-def _train(config, workdir: Path, stop: stopping.StopRequests) -> dict:
+def _train(config, workdir: files.AnyPath, stop: stopping.StopRequests) -> dict:
   splits = input_pipeline.load_splits(config)
   if devices.is_main_process():
     splits.info.save(workdir)
@@ -203,9 +205,9 @@ def _train(config, workdir: Path, stop: stopping.StopRequests) -> dict:
   return {'epochs': epochs, **test_metrics}
 
 
-def evaluate_checkpoint(workdir: str | Path) -> dict[str, float]:
+def evaluate_checkpoint(workdir: str | os.PathLike) -> dict[str, float]:
   """Validation and test metrics of the latest checkpoint in workdir (--mode=eval)."""
-  config, info, model, variables = checkpoint.restore_for_inference(Path(workdir))
+  config, info, model, variables = checkpoint.restore_for_inference(workdir)
   mesh = devices.make_mesh()
   evaluate = trainer.compile_programs(model, mesh).evaluate
   splits = input_pipeline.load_splits(config)

@@ -5,42 +5,59 @@ message a second run gets. The kernel drops an flock when its process ends, howe
 so a lock left by a killed run never blocks. The processes of a multi-process run share their
 process 0's lock: it tells all of them whether they may go on, so none waits for a peer that
 stopped.
+
+A bucket (gs://) has no flock: there the lock is the object <workdir>/.lock, created only if
+absent (an upload conditioned on generation 0, which the bucket grants to one writer) and
+holding a lease: the holder renews it every LEASE_SECONDS / 3 (conditioned on its own
+generation) and deletes it at the end. A killed run's lock blocks until its lease runs out;
+then the next run takes it over, conditioned on the generation it read, so of two runs that
+try at once exactly one gets it. Leases compare the hosts' clocks, which NTP keeps within far
+less than LEASE_SECONDS of each other.
 """
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import jax
 import numpy as np
+from absl import logging
 
+from mlp.core import files
 from mlp.core.errors import UserError
 
 LOCK_FILE = '.lock'
+LEASE_SECONDS = 60.0
 
 
-def prepare(workdir: Path) -> None:
+def prepare(workdir: files.AnyPath) -> None:
   """Creates the workdir; a path that is not a directory is a one-line error."""
-  if workdir.exists() and not workdir.is_dir():
-    raise UserError(f'--workdir={workdir} is a file, not a directory; name a directory.')
   try:
+    if workdir.exists() and not workdir.is_dir():
+      raise UserError(f'--workdir={workdir} is a file, not a directory; name a directory.')
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as error:
-    raise UserError(f'Cannot create --workdir={workdir} ({error.strerror}).') from None
+    raise UserError(f'Cannot create --workdir={workdir} ({files.first_line(error)}).') from None
 
 
 @contextlib.contextmanager
-def left_as_found(workdir: Path, config_file: str = 'config.json') -> Iterator[None]:
+def left_as_found(workdir: files.AnyPath, config_file: str = 'config.json') -> Iterator[None]:
   """A start that fails before any checkpoint or epoch record leaves the workdir as it was.
 
   A directory this start created is removed; in one that existed, config.json gets back its
   old bytes (or goes, if it was not there): a refused or failed start never rewrites it. Once
   a new checkpoint or epoch line exists the run has made progress, and everything stays.
   """
+  if files.in_bucket(workdir):  # Objects are not restored: a bucket has no such promise here.
+    yield
+    return
   workdir = Path(workdir)
   created = [p for p in (workdir, *workdir.parents) if not p.exists()]  # runs/ too, for one.
   config = workdir / config_file
@@ -76,7 +93,11 @@ def _restore(created: list[Path], config: Path, old_config: bytes | None) -> Non
     config.write_bytes(old_config)
 
 
-def _take(path: Path) -> tuple[int | None, str]:
+def _holder() -> str:
+  return f'pid {os.getpid()} on host {socket.gethostname()}'
+
+
+def _take(path: files.AnyPath) -> tuple[int | None, str]:
   """The open, locked file descriptor, or None and who holds the lock."""
   try:
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -92,18 +113,114 @@ def _take(path: Path) -> tuple[int | None, str]:
     os.close(descriptor)
     return None, holder
   os.ftruncate(descriptor, 0)
-  os.write(descriptor, f'pid {os.getpid()} on host {socket.gethostname()}\n'.encode())
+  os.write(descriptor, f'{_holder()}\n'.encode())
   return descriptor, ''
 
 
+class _Lease:
+  """The lock object of a workdir in a bucket, renewed on a thread while it is held."""
+
+  def __init__(self, path: files.AnyPath):
+    self._blob = files.blob(path)
+    self._done = threading.Event()
+    self._thread = threading.Thread(target=self._renew, daemon=True)
+
+  def take(self) -> str:
+    """'' once this run holds the lock, else who holds it."""
+    from google.api_core import exceptions
+
+    try:
+      self._write(if_generation_match=0)
+      return ''
+    except exceptions.PreconditionFailed:
+      pass
+    try:
+      # The live generation, to which the read and the takeover are bound.
+      live = self._blob.bucket.get_blob(self._blob.name)
+      generation = live and live.generation
+      if not generation:  # Released meanwhile; a takeover is never unconditional.
+        return 'a run that took the lock at the same moment'
+      held = json.loads(live.download_as_text(if_generation_match=generation))
+      if held['expires'] > time.time():
+        return held['holder']
+      logging.warning('Taking over the lock of %s, whose lease ran out.', held['holder'])
+      self._write(if_generation_match=generation)
+      return ''
+    except (exceptions.PreconditionFailed, exceptions.NotFound):
+      return 'a run that took the lock at the same moment'
+
+  def hold(self) -> None:
+    self._thread.start()
+
+  def release(self) -> None:
+    """Deletes the lock, if its generation is still this run's; the run ends either way.
+
+    Not retried: a bucket out of reach leaves a lock that blocks only until its lease ends.
+    """
+    self._done.set()
+    self._thread.join(timeout=1)
+    with contextlib.suppress(Exception):
+      self._blob.delete(if_generation_match=self._blob.generation, retry=None, timeout=10)
+
+  def _write(self, **options) -> None:
+    lease = {'holder': _holder(), 'expires': time.time() + LEASE_SECONDS}
+    self._blob.upload_from_string(json.dumps(lease), **options)
+
+  def _renew(self) -> None:
+    while not self._done.wait(LEASE_SECONDS / 3):
+      try:
+        self._write(if_generation_match=self._blob.generation, retry=None, timeout=10)
+      except Exception as error:  # The next renewal tries again, within the lease.
+        logging.warning('Renewing the lock %s failed: %s', self._blob.name, files.first_line(error))
+
+
 @contextlib.contextmanager
-def locked(workdir: Path) -> Iterator[None]:
+def _lock_object(path: files.AnyPath) -> Iterator[str]:
+  """Yields '' while this run holds the bucket's lock object, else who holds it."""
+  lease = _Lease(path)
+  try:
+    holder = lease.take()
+  except OSError as error:
+    raise UserError(f'Cannot reach {path} ({files.first_line(error)}).') from None
+  if holder:
+    yield holder
+    return
+  lease.hold()
+  try:
+    yield ''
+  finally:
+    lease.release()
+
+
+@contextlib.contextmanager
+def _lock_file(path: files.AnyPath) -> Iterator[str]:
+  """Yields '' while this run holds the flock, else who holds it."""
+  descriptor, holder = _take(path)
+  try:
+    yield holder
+  finally:
+    if descriptor is not None:
+      os.close(descriptor)  # Releases the flock; the file stays, naming the last holder.
+
+
+@contextlib.contextmanager
+def locked(workdir: files.AnyPath) -> Iterator[None]:
   """Holds the workdir's lock (process 0) for the with-block.
 
   A run already training there makes this a UserError in every process of this run.
   """
-  descriptor, holder = _take(workdir / LOCK_FILE) if jax.process_index() == 0 else (None, '')
-  refused = descriptor is None and jax.process_index() == 0
+  with contextlib.ExitStack() as stack:
+    holder = ''
+    if jax.process_index() == 0:
+      take = _lock_object if files.in_bucket(workdir) else _lock_file
+      holder = stack.enter_context(take(workdir / LOCK_FILE)) or ''
+    _refuse_in_every_process(workdir, holder)
+    yield
+
+
+def _refuse_in_every_process(workdir: files.AnyPath, holder: str) -> None:
+  """A UserError in every process if process 0 found the lock held (holder)."""
+  refused = bool(holder)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
@@ -113,8 +230,3 @@ def locked(workdir: Path) -> Iterator[None]:
       f'{workdir} is in use by a run of {holder or "process 0 of another run"}; wait for it to '
       'end or use another --workdir.'
     )
-  try:
-    yield
-  finally:
-    if descriptor is not None:
-      os.close(descriptor)  # Releases the flock; the file stays, naming the last holder.

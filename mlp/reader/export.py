@@ -19,13 +19,14 @@ For photos or scans of digits, mlp/reader/preprocess.py (NumPy and Pillow only) 
 """
 
 import contextlib
+import os
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mlp.core import checkpoint, steps
+from mlp.core import checkpoint, files, steps
 from mlp.core.errors import UserError
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
@@ -38,15 +39,16 @@ def export(model: steps.Model, params, image_shape: tuple[int, ...]) -> jax.expo
   return jax.export.export(function, platforms=PLATFORMS)(images)
 
 
-def default_path(workdir: str | Path) -> Path:
-  """<workdir>.jax, beside the run: read-only modes never write into a run directory."""
-  workdir = Path(workdir).absolute()
+def default_path(workdir: str | os.PathLike) -> files.AnyPath:
+  """<workdir>.jax, beside the run (in its bucket, for one in a bucket): read-only modes never
+  write into a run directory."""
+  workdir = files.path(workdir)
   return workdir.with_name(workdir.name + '.jax')
 
 
-def check_target(workdir: str | Path, path: Path, overwrite: bool) -> None:
+def check_target(workdir: str | os.PathLike, path: files.AnyPath, overwrite: bool) -> None:
   """Refuses, before any work, a path inside the run, a directory, or a file to keep."""
-  if path.resolve().is_relative_to(Path(workdir).resolve()):
+  if _inside(path, files.path(workdir)):
     raise UserError(f'--export_file={path} is inside the run directory; write it elsewhere.')
   if path.is_dir():
     raise UserError(f'--export_file={path} is a directory; name a file, such as {path}/model.jax.')
@@ -54,21 +56,37 @@ def check_target(workdir: str | Path, path: Path, overwrite: bool) -> None:
     raise UserError(f'{path} exists; add --overwrite to replace it, or name another --export_file.')
 
 
-def run(workdir: str | Path, path: str | Path | None = None, overwrite: bool = False) -> Path:
+def _inside(path: files.AnyPath, directory: files.AnyPath) -> bool:
+  if files.in_bucket(path) or files.in_bucket(directory):
+    return os.fspath(path).startswith(os.fspath(directory).rstrip('/') + '/')
+  return Path(path).resolve().is_relative_to(Path(directory).resolve())
+
+
+def run(
+  workdir: str | os.PathLike, path: str | os.PathLike | None = None, overwrite: bool = False
+) -> files.AnyPath:
   """Exports the latest checkpoint of a workdir to path (default_path); returns the path."""
-  path = Path(path) if path else default_path(workdir)
+  path = files.path(path) if path else default_path(workdir)
   check_target(workdir, path, overwrite)
-  _, info, model, params = checkpoint.restore_for_inference(Path(workdir))
+  _, info, model, params = checkpoint.restore_for_inference(workdir)
+  serialized = export(model, params, info.image_shape).serialize()
+  if files.in_bucket(path):
+    files.write_atomic(path, serialized)  # One upload: whole or absent.
+  else:
+    _write_file(path, serialized)
+  logging.info(
+    'Wrote %s (%d bytes); see mlp/reader/export.py for how to load it.', path, len(serialized)
+  )
+  return path
+
+
+def _write_file(path: Path, data: bytes) -> None:
   partial = path.with_name(path.name + '.tmp')
   try:
-    partial.write_bytes(export(model, params, info.image_shape).serialize())
+    partial.write_bytes(data)
     partial.replace(path)  # Atomic: a reader never sees half a file.
   except OSError as error:
     raise UserError(f'Cannot write {path}: {error.strerror or error}.') from None
   finally:
     with contextlib.suppress(OSError):
       partial.unlink(missing_ok=True)
-  logging.info(
-    'Wrote %s (%d bytes); see mlp/reader/export.py for how to load it.', path, path.stat().st_size
-  )
-  return path

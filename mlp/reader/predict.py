@@ -114,7 +114,7 @@ def classifier(
 
 def load_classifier(workdir: str | Path) -> Classify:
   """The classifier of a training run's latest checkpoint (the one place that restores it)."""
-  _, info, model, params = checkpoint.restore_for_inference(Path(workdir))
+  _, info, model, params = checkpoint.restore_for_inference(workdir)
   return classifier(model, params, info)
 
 
@@ -216,7 +216,7 @@ def run(
   if not images:
     raise UserError('--mode=predict needs --image=PATH, an image file or a directory (repeatable).')
   _check_stdout()
-  info = DatasetInfo.load(Path(workdir))
+  info = DatasetInfo.load(workdir)
   prepare = functools.partial(preprocess.prepare_file, fit_to=fit_to(info))
   paths = image_paths(images)
   save_dir = Path(save_preprocessed) if save_preprocessed else None

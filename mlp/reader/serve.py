@@ -61,7 +61,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from input_pipeline import DatasetInfo
-from mlp.core import checkpoint, configuration, reporting
+from mlp.core import checkpoint, configuration, files, reporting
 from mlp.core.errors import UserError
 from mlp.reader import predict, preprocess
 
@@ -154,7 +154,7 @@ def summary(workdir: Path, config, info: DatasetInfo, params) -> dict:
     if path.startswith(f'{config.model}.')
   )
   return {
-    'run': workdir.resolve().name,
+    'run': files.path(workdir).name,
     'title': title(config, info),
     'model': f'{config.model} ({fields})',
     'parameters': int(sum(leaf.size for leaf in jax.tree.leaves(params))),
@@ -449,7 +449,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def run(workdir: str, host: str, port: int) -> int:
   """Serves the run's latest checkpoint until Ctrl-C (SIGINT) or SIGTERM; returns 0."""
-  workdir = Path(workdir)
+  workdir = files.path(workdir)  # A directory, or gs://bucket/path.
   config, info, model, params = checkpoint.restore_for_inference(workdir)
   sock = _listen(host, port)
   batcher = Batcher(model, params, info).start()

@@ -17,18 +17,21 @@ table, best first) and best_config.py (the winner as a config file, ready to tra
 """
 
 import collections
+import dataclasses
 import hashlib
 import itertools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp.core import configuration, trainer
+from mlp.core import configuration, files, trainer
 from mlp.core import workdir as lock
 from mlp.core.errors import UserError
 from mlp.core.fields import Role
@@ -37,6 +40,14 @@ RESULTS_FILE = 'sweep.jsonl'
 TABLE_FILE = 'sweep.md'
 BEST_CONFIG_FILE = 'best_config.py'
 DISTRIBUTIONS = ('choice', 'uniform', 'log_uniform')
+# The fields of a shared sweep (mlp/tools/study.py); with no storage the sweep is this process's.
+SHARED_DEFAULTS = {
+  'storage': '',
+  'study_name': 'sweep',
+  'sampler': 'random',
+  'pruner': 'median',
+  'heartbeat_seconds': 10,
+}
 
 
 def expand(search: dict) -> list[dict]:
@@ -102,50 +113,90 @@ def program_key(config: ml_collections.ConfigDict) -> str:
   return json.dumps(values, sort_keys=True)
 
 
-def train_trials(configs: list[ml_collections.ConfigDict], splits: input_pipeline.Splits):
+# Told after each epoch which trials are still training (their indices in the list given to
+# train_trials) and their validation accuracies; says for each whether it goes on.
+EpochCallback = Callable[[int, list[int], list[float]], list[bool]]
+
+
+def train_trials(
+  configs: list[ml_collections.ConfigDict],
+  splits: input_pipeline.Splits,
+  on_epoch: EpochCallback | None = None,
+):
   """Trains trials that share a program key at once, on the trainer's epochs; their metrics.
 
   A trial whose training loss diverges is reported as such; the program stops once all have.
+  A trial that on_epoch stops (a pruned one) leaves the program, compiled again without it, so
+  it costs nothing more; its record is its last epoch's, with 'stopped_at_epoch' and no test.
   """
   config = configs[0]
   start = time.perf_counter()
   run, state = trainer.setup(configs, splits.info, splits.train, splits.validation)
-
-  def per_trial(record) -> list[dict]:
-    return record if isinstance(record, list) else [record]
-
-  val_accuracies = []
-  for epoch in trainer.epochs(run, state, 1, config.optim.num_epochs):
-    state, records = epoch.state, per_trial(epoch.record)
-    val_accuracies.append([r['val_accuracy'] for r in records])
-    logging.info(
-      '%d trials, epoch %d/%d, %.1fs: best val_accuracy %.4f',
-      len(configs),
-      epoch.number,
-      config.optim.num_epochs,
-      time.perf_counter() - start,
-      np.nanmax(val_accuracies[-1]),
-    )
-    diverged = [trainer.diverged(r['train_loss'], splits.info.num_classes) for r in records]
-    if all(diverged):
-      logging.warning(
-        'Every trial of this program diverged in epoch %d; stopping it.', epoch.number
+  active = list(range(len(configs)))  # Indices of the trials still in the program.
+  history = [[] for _ in configs]
+  results = [{} for _ in configs]
+  done = 0
+  while active and done < config.optim.num_epochs:
+    for epoch in trainer.epochs(run, state, done + 1, config.optim.num_epochs):
+      state, records, done = epoch.state, _per_trial(epoch.record), epoch.number
+      for i, record in zip(active, records, strict=True):
+        history[i].append(record['val_accuracy'])
+        results[i] = {k: v for k, v in record.items() if k != 'epoch'}
+        results[i].update(
+          epochs_trained=done,
+          diverged=trainer.diverged(record['train_loss'], splits.info.num_classes),
+        )
+      logging.info(
+        '%d trials, epoch %d/%d, %.1fs: best val_accuracy %.4f',
+        len(active),
+        done,
+        config.optim.num_epochs,
+        time.perf_counter() - start,
+        np.nanmax([r['val_accuracy'] for r in records]),
       )
-      break
-  test = per_trial(trainer.evaluate(run, state.variables, splits.test, 'test_'))
+      if all(results[i]['diverged'] for i in active):
+        logging.warning('Every trial of this program diverged in epoch %d; stopping it.', done)
+        done = config.optim.num_epochs  # Ends the program; its trials are still tested.
+        break
+      accuracies = [r['val_accuracy'] for r in records]
+      goes_on = on_epoch(done, active, accuracies) if on_epoch else [True] * len(active)
+      if not all(goes_on):
+        for j in np.flatnonzero(~np.asarray(goes_on)):
+          results[active[j]]['stopped_at_epoch'] = done
+        kept = np.flatnonzero(goes_on)
+        active = [active[j] for j in kept]
+        if active:
+          run, state = _without_others(run, state, kept)
+        break  # Into the epochs of the program rebuilt without the stopped trials.
+  if active:
+    test = _per_trial(trainer.evaluate(run, state.variables, splits.test, 'test_'))
+    for i, test_metrics in zip(active, test, strict=True):
+      results[i].update(test_metrics)
   seconds = time.perf_counter() - start
   return [
     {
-      **{k: v for k, v in record.items() if k != 'epoch'},
-      **test_metrics,
-      'epochs_trained': epoch.number,
-      'diverged': diverged[i],
-      'val_accuracy_per_epoch': [accuracies[i] for accuracies in val_accuracies],
+      **result,
+      'val_accuracy_per_epoch': accuracies,
       'program_seconds': seconds,
       'trials_in_program': len(configs),
     }
-    for i, (record, test_metrics) in enumerate(zip(records, test, strict=True))
+    for result, accuracies in zip(results, history, strict=True)
   ]
+
+
+def _per_trial(record) -> list[dict]:
+  return record if isinstance(record, list) else [record]
+
+
+def _without_others(run: trainer.Trainer, state, kept: np.ndarray):
+  """The trainer and state of the trials at indices kept only, the program compiled for them."""
+
+  def keep(tree):
+    return jax.tree.map(lambda x: x[kept], tree)
+
+  rates = keep(run.trial_rates)
+  programs = trainer.compile_programs(run.model, run.mesh, rates)
+  return dataclasses.replace(run, trial_rates=rates, programs=programs), keep(state)
 
 
 def rank(records: list[dict]) -> list[dict]:
@@ -169,7 +220,7 @@ def _cell(value) -> str:
   return f'{value:.4g}' if isinstance(value, float) else str(value)
 
 
-def write_table(records: list[dict], fields: list[str], path: Path) -> None:
+def write_table(records: list[dict], fields: list[str], path: files.AnyPath) -> None:
   """A markdown table, best validation accuracy first."""
   header = ['rank', 'val accuracy', 'val loss', *fields, 'test accuracy', 'seconds', 'id']
   rows = [
@@ -192,7 +243,7 @@ def write_table(records: list[dict], fields: list[str], path: Path) -> None:
     '|' + '---|' * len(header),
     *('| ' + ' | '.join(row) + ' |' for row in rows),
   ]
-  path.write_text('\n'.join(lines) + '\n')
+  files.write_atomic(path, '\n'.join(lines) + '\n')
 
 
 CONFIG_TEMPLATE = '''"""Best trial {id} of the sweep in {workdir}.
@@ -214,7 +265,7 @@ def get_config() -> ml_collections.ConfigDict:
 '''
 
 
-def write_config(config: ml_collections.ConfigDict, record: dict, path: Path) -> None:
+def write_config(config: ml_collections.ConfigDict, record: dict, path: files.AnyPath) -> None:
   """The trial's config as a file that overrides the defaults, with its sweep result."""
   defaults = configuration.defaults()
   assignments = ''.join(
@@ -222,12 +273,12 @@ def write_config(config: ml_collections.ConfigDict, record: dict, path: Path) ->
     for key in configuration.in_use(config)
     if configuration.get(config, key) != configuration.get(defaults, key)
   )
-  path.write_text(
-    CONFIG_TEMPLATE.format(**record, workdir=path.parent, path=path, assignments=assignments)
+  files.write_atomic(
+    path, CONFIG_TEMPLATE.format(**record, workdir=path.parent, path=path, assignments=assignments)
   )
 
 
-def _read_records(path: Path) -> dict[str, dict]:
+def _read_records(path: files.AnyPath) -> dict[str, dict]:
   """The finished trials; a damaged line (a cut write, an edit) is dropped: that trial reruns."""
   if not path.exists():
     return {}
@@ -242,11 +293,9 @@ def _read_records(path: Path) -> dict[str, dict]:
   return records
 
 
-def _write_records(path: Path, records: dict[str, dict]) -> None:
+def _write_records(path: files.AnyPath, records: dict[str, dict]) -> None:
   """Rewrites the file atomically, so a killed sweep leaves only whole records."""
-  partial = path.with_suffix('.tmp')
-  partial.write_text(''.join(json.dumps(r) + '\n' for r in records.values()))
-  partial.replace(path)
+  files.write_atomic(path, ''.join(json.dumps(r) + '\n' for r in records.values()))
 
 
 def _flatten(space: dict, prefix: str = '') -> dict:
@@ -289,22 +338,30 @@ def run(config: ml_collections.ConfigDict | None, workdir: str | Path | None = N
   """Trains the sweep's trials not yet in workdir, writes the results; returns the best record."""
   if config is None or 'sweep' not in config:
     raise UserError('--mode=sweep needs a config with a sweep section: --config=configs/sweep.py.')
-  search = config.sweep.to_dict()
+  search = {**SHARED_DEFAULTS, **config.sweep.to_dict()}
   search.update(grid=_flatten(search['grid']), random=_flatten(search['random']))
   _check(search)
+  if search['storage']:
+    from mlp.tools import study
+
+    workdir = files.path(workdir or Path('runs') / f'sweep-{search["study_name"]}')
+    workdir.mkdir(parents=True, exist_ok=True)
+    return study.run(config, search, workdir)
+  if search['sampler'] != 'random':
+    raise UserError(f'sweep.sampler={search["sampler"]} needs a study: set sweep.storage.')
   trials = {}
   for overrides in expand(search):
     trial = make_config(config, overrides)
     configuration.validate(trial)
     trials.setdefault(trial_id(trial), (trial, overrides))
 
-  workdir = Path(workdir or Path('runs') / f'sweep-{time.strftime("%Y%m%d-%H%M%S")}')
+  workdir = files.path(workdir or Path('runs') / f'sweep-{time.strftime("%Y%m%d-%H%M%S")}')
   lock.prepare(workdir)
   with lock.locked(workdir):  # Two sweeps in one workdir would each drop the other's trials.
     return _run_trials(config, search, trials, workdir)
 
 
-def _run_trials(config, search: dict, trials: dict, workdir: Path) -> dict:
+def _run_trials(config, search: dict, trials: dict, workdir: files.AnyPath) -> dict:
   """Trains the unfinished trials, then writes the table and the best config."""
   results = workdir / RESULTS_FILE
   records = _read_records(results)
