@@ -23,7 +23,7 @@ from mlp.core.fields import Field, Role, at_least, choice, fraction, positive
 from mlp.core.optimizer import SCHEDULES
 
 CONFIG_FILE = 'config.json'
-_WARNED: set[Path] = set()  # config.json files whose difference from this code was told once.
+_WARNED: set[str] = set()  # config.json files whose difference from this code was told once.
 
 _TOP = {
   'model': Field(
@@ -218,8 +218,8 @@ def load(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
       f'{path} has no {", ".join(refused)}, which this code needs to reproduce the run; '
       'train it again with this code into a new workdir.'
     )
-  if (missing or unknown) and path not in _WARNED:
-    _WARNED.add(path)
+  if (missing or unknown) and str(path) not in _WARNED:
+    _WARNED.add(str(path))
     logging.warning(
       '%s was written by other code: %s.',
       path,
