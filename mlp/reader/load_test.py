@@ -1,7 +1,7 @@
 """A bounded load test of a local `--mode=serve` server: latency and requests/s under concurrency.
 
 Command (with a server running):
-  python -m mlp.load_test --url=http://127.0.0.1:8000/ [--image=docs/example_digit.jpg]
+  python -m mlp.reader.load_test --url=http://127.0.0.1:8000/ [--image=docs/example_digit.jpg]
       [--requests=400] [--concurrency=50]
 
 It sends a fixed number of POST /api/predict requests, `concurrency` of them in flight at once,

@@ -8,7 +8,7 @@ In one process, the benchmark alternates epochs of two configs (`--config.benchm
 see mlp/tools/benchmark.py). For what a process reads at startup (XLA_FLAGS) or for whole-process
 times, this module alternates whole commands:
 
-  python -m mlp.ab --b_env=XLA_FLAGS=--xla_cpu_use_xnnpack=false -- \\
+  python -m mlp.tools.ab --b_env=XLA_FLAGS=--xla_cpu_use_xnnpack=false -- \\
     python main.py --mode=benchmark --config=configs/default.py
 
 Each side's runs are timed (metric wall_seconds) or, with --metric=FIELD, read from the last
@@ -123,7 +123,7 @@ def _run_once(command: list[str], env: dict[str, str], metric: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-    prog='python -m mlp.ab', description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    prog='python -m mlp.tools.ab', description=__doc__, formatter_class=argparse.RawTextHelpFormatter
   )
   parser.add_argument('--rounds', type=int, default=5, help='runs of each side (default 5)')
   parser.add_argument(
