@@ -123,7 +123,9 @@ def _run_once(command: list[str], env: dict[str, str], metric: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-    prog='python -m mlp.tools.ab', description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    prog='python -m mlp.tools.ab',
+    description=__doc__,
+    formatter_class=argparse.RawTextHelpFormatter,
   )
   parser.add_argument('--rounds', type=int, default=5, help='runs of each side (default 5)')
   parser.add_argument(
