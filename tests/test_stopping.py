@@ -13,12 +13,13 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize(('signum', 'status'), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_is_recorded_for_the_next_boundary_and_handlers_restored(signum, status):
+def test_a_signal_is_recorded_for_the_next_boundary_and_handlers_restored(signum, status, capsys):
   before = signal.getsignal(signum)
   with stopping.StopRequests() as stop:
     assert not stop.requested(1)
     os.kill(os.getpid(), signum)
     assert stop.requested(2) and stop.name == signal.Signals(signum).name
+    assert 'stopping at the next step-call boundary' in capsys.readouterr().err
     assert stopping.Stopped('stopped', stop.signum).exit_status == status
   assert signal.getsignal(signum) is before
 

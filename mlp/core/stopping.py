@@ -125,6 +125,11 @@ class StopRequests:
     received.append(signum)
     if self.signum is not None:
       sys.stderr.write('Already stopping: the checkpoint is written at the next step boundary.\n')
+    else:
+      sys.stderr.write(
+        f'{signal.Signals(signum).name}: stopping at the next step-call boundary, with a '
+        'checkpoint of that point.\n'
+      )
     self.signum = self.signum or signum
 
   def requested(self, step: int) -> bool:
