@@ -43,19 +43,6 @@ def damage(step_dir):
       path.write_bytes(b'\x00garbage' * (path.stat().st_size // 8 + 1))
 
 
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, mock_mnist):
-  config = tiny_config(tmp_path, {'optim.num_epochs': 2})
-  straight = train.train_and_evaluate(config, tmp_path / 'straight')
-  train.train_and_evaluate(config, tmp_path / 'run')
-  latest = finished_checkpoints(tmp_path / 'run')[-1]
-  damage(latest)
-  # The run is complete, but its last checkpoint is gone: epoch 2 is trained again.
-  resumed = train.train_and_evaluate(config, tmp_path / 'run')
-  assert (tmp_path / 'run' / checkpoint.UNREADABLE_DIR / latest.name).is_dir()
-  assert resumed['test_loss'] == straight['test_loss']
-  assert [r['epoch'] for r in resumed['epochs']] == [1, 2]
-
-
 def test_no_readable_checkpoint_is_a_one_line_error(tmp_path, mock_mnist):
   config = tiny_config(tmp_path, {'optim.num_epochs': 1})
   train.train_and_evaluate(config, tmp_path / 'run')
