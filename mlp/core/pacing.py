@@ -22,17 +22,17 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp.core import configuration, devices
+from mlp.core import configuration, devices, steps
 from mlp.core.fields import Role
 
 CALL_SECONDS = 1.5  # A scanned call's target length.
-# The scan probe's length: enough steps for a call of PROBE_SECONDS, within these bounds (a
-# call of cheap steps is mostly the call's own overhead).
-PROBE_STEPS = (2, 64)
+# The scan probe's length: enough steps for a call of PROBE_SECONDS, within these bounds. The
+# least is two loop iterations: a scan no longer than its unroll is no loop, and would hide
+# what a loop costs. (A call of cheap steps is mostly the call's own overhead.)
+PROBE_STEPS = (2 * steps.SCAN_UNROLL, 64)
 PROBE_SECONDS = 0.05
 # A way that is this many times slower on one timed call has lost; no more repeats of it.
 LOST_FACTOR = 3.0
-PROBE_REPEATS = 3  # Timings of each way; the median counts.
 CACHE_FILE = 'pacing.json'
 
 
