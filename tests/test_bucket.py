@@ -233,35 +233,6 @@ def test_bucket_lock_refuses_a_second_run_and_takes_over_an_expired_lease(gcs, m
   assert results.count('') == 1, results  # The generation condition lets exactly one in.
 
 
-def test_a_lost_bucket_is_one_line_and_loses_nothing(gcs, data_args, straight):
-  workdir = f'gs://{BUCKET}/outage'
-  process = subprocess.Popen(
-    command(*data_args, f'--workdir={workdir}'), stderr=subprocess.PIPE, text=True
-  )
-  wait_for_checkpoint('outage', process)
-  gcs.stop()
-  try:
-    _, stderr = process.communicate(timeout=400)
-  finally:
-    gcs.start()
-  assert process.returncode == 1, stderr[-3000:]
-  # The clients log their retries (with tracebacks); the run ends on one line of its own.
-  last = stderr.splitlines()[-1]
-  assert last.startswith('E') and 'main.py' in last, stderr[-3000:]
-  assert f'{workdir}/' in last and 'failed' in last and 'run the same command again' in last
-
-  before = objects('outage')
-  for name in ('config.json', 'dataset.json', reporting.METRICS_FILE):
-    assert name in before
-  assert numbers(workdir) == numbers(straight)[: len(numbers(workdir))], 'whole lines only'
-  lease = files.blob(epath.Path(workdir) / lock.LOCK_FILE)
-  held = json.loads(lease.download_as_text())  # Not released: it blocks until its lease ends.
-  assert held['holder'].startswith(f'pid {process.pid} on host'), held
-  lease.upload_from_string(json.dumps({**held, 'expires': 0}))  # As if the lease ran out.
-  main(*data_args, f'--workdir={workdir}')
-  assert_same_run(workdir, straight)
-
-
 def test_a_sweep_writes_its_results_to_a_bucket(gcs, data_args):
   sweep_args = [
     f'--config={ROOT / "configs" / "sweep.py"}',
