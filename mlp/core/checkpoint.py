@@ -14,8 +14,10 @@ before it is used; read-only modes only skip it.
 import contextlib
 import dataclasses
 import json
+import logging as std_logging
 import shutil
 import sys
+import traceback
 from pathlib import Path
 
 import jax
@@ -164,17 +166,28 @@ def _orbax_echo(unraisable) -> bool:
   )
 
 
+class _OrbaxTaskEcho(std_logging.Filter):
+  """Drops asyncio's "exception was never retrieved" records for orbax's sibling readers."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else record.__dict__.get('exception')
+    frames = traceback.extract_tb(error.__traceback__) if error is not None else []
+    return not any('/orbax/' in frame.filename for frame in frames)
+
+
 def _drop_orbax_echoes() -> None:
   """Drops the unraisable errors orbax leaves behind when a read or write fails.
 
   When orbax gives up (a damaged file, a full disk), it closes its event loop while tensorstore
   still works for it, and drops the sibling coroutines of the one that failed: each callback
-  into that loop, and each such coroutine, then prints the same error with a traceback, up to
-  dozens of them, after the one-line error. Every other unraisable error still prints.
+  into that loop, and each such coroutine (or asyncio, for a task whose error nobody read), then
+  prints the same error with a traceback, up to dozens of them, after the one-line error. Every
+  other unraisable error and asyncio record still prints.
   """
   previous = sys.unraisablehook
   if getattr(previous, 'drops_orbax_echoes', False):
     return
+  std_logging.getLogger('asyncio').addFilter(_OrbaxTaskEcho())
 
   def hook(unraisable) -> None:
     if not _orbax_echo(unraisable):
