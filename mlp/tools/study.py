@@ -185,12 +185,15 @@ def _journal(search: dict) -> bool:
   return search['storage'].startswith('journal:')
 
 
-def report(trial, epoch: int, val_accuracy: float) -> bool:
-  """Tells the study a trial's validation accuracy after epoch; whether the trial goes on."""
+def report(trial, epoch: int, val_accuracy: float, last: bool = False) -> bool:
+  """Tells the study a trial's validation accuracy after epoch; whether the trial goes on.
+
+  After the last epoch nothing is left to save: the trial completes rather than being pruned.
+  """
   if not np.isfinite(val_accuracy):
     return False
   trial.report(val_accuracy, epoch)
-  return not trial.should_prune()
+  return last or not trial.should_prune()
 
 
 class Heartbeat:
@@ -244,7 +247,8 @@ def train_asked(study, storage, trials: list, base: ml_collections.ConfigDict, s
     for group in groups.values():
 
       def on_epoch(epoch: int, active: list[int], accuracies: list[float], group=group):
-        return [report(group[i], epoch, a) for i, a in zip(active, accuracies, strict=True)]
+        last = epoch >= configs[group[0].number].optim.num_epochs
+        return [report(group[i], epoch, a, last) for i, a in zip(active, accuracies, strict=True)]
 
       records = sweep.train_trials([configs[t.number] for t in group], splits, on_epoch)
       for trial, record in zip(group, records, strict=True):
