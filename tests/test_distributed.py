@@ -36,10 +36,22 @@ def _worker(splits_file: str, workdir: str, result_file: str) -> None:
   faulthandler.dump_traceback_later(WORKER_SECONDS, exit=True)  # A stuck collective ends.
   from conftest import tiny_config
 
-  import input_pipeline
   from mlp.core import devices, train
 
   devices.initialize_distributed()  # From JAX_COORDINATOR_ADDRESS etc., when the test sets them.
+  serve_saved_splits(splits_file)
+  results = {'devices': jax.device_count(), 'processes': jax.process_count()}
+  for placement in PLACEMENTS:
+    sizes = {'optim.batch_size': 16, 'run.eval_batch_size': 8, 'run.placement': placement}
+    config = tiny_config(Path(workdir), sizes)
+    results[placement] = train.train_and_evaluate(config, Path(workdir) / placement)
+  Path(result_file).write_text(json.dumps(results))
+
+
+def serve_saved_splits(splits_file: str) -> None:
+  """Makes every load of splits in this process return the test's saved random splits."""
+  import input_pipeline
+
   with np.load(splits_file) as data:
     splits = input_pipeline.Splits(
       'mnist',
@@ -49,12 +61,6 @@ def _worker(splits_file: str, workdir: str, result_file: str) -> None:
       ),
     )
   input_pipeline.load_splits = lambda *args, **kwargs: splits
-  results = {'devices': jax.device_count(), 'processes': jax.process_count()}
-  for placement in PLACEMENTS:
-    sizes = {'optim.batch_size': 16, 'run.eval_batch_size': 8, 'run.placement': placement}
-    config = tiny_config(Path(workdir), sizes)
-    results[placement] = train.train_and_evaluate(config, Path(workdir) / placement)
-  Path(result_file).write_text(json.dumps(results))
 
 
 def _free_port() -> int:

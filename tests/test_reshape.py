@@ -18,7 +18,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_distributed import SPLIT_SIZES, TOLERANCE, WORKER_SECONDS, _free_port
+from test_distributed import (
+  SPLIT_SIZES,
+  TOLERANCE,
+  WORKER_SECONDS,
+  _free_port,
+  serve_saved_splits,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,19 +48,10 @@ def _worker(splits_file: str, workdir: str, part: str, result_file: str) -> None
   faulthandler.dump_traceback_later(WORKER_SECONDS, exit=True)
   from conftest import tiny_config
 
-  import input_pipeline
   from mlp.core import checkpoint, devices, train
 
   devices.initialize_distributed()
-  with np.load(splits_file) as data:
-    splits = input_pipeline.Splits(
-      'mnist',
-      *(
-        input_pipeline.Split(data[f'{name}_images'], data[f'{name}_labels'], tuple('0123456789'))
-        for name in 'tvs'
-      ),
-    )
-  input_pipeline.load_splits = lambda *args, **kwargs: splits
+  serve_saved_splits(splits_file)
   save = checkpoint.save
 
   def save_then_stop(manager, state, position):

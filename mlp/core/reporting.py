@@ -266,10 +266,11 @@ def save_pictures(
   """
   workdir = files.path(workdir)
   matrix = confusion_matrix(labels, probabilities.argmax(axis=1), probabilities.shape[1])
+  curves, confusion, mistakes = (workdir / name for name in PICTURES)
   return [
-    save_training_curves(workdir / 'training_curves.png', records),
-    save_confusion_matrix(workdir / 'confusion_matrix.png', matrix, class_names),
-    save_misclassified(workdir / 'misclassified.png', images, labels, probabilities, class_names),
+    save_training_curves(curves, records),
+    save_confusion_matrix(confusion, matrix, class_names),
+    save_misclassified(mistakes, images, labels, probabilities, class_names),
   ]
 
 
