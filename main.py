@@ -1,6 +1,6 @@
 """Trains, benchmarks and uses an image classifier: `python main.py --config=configs/default.py`."""
 
-from mlp.core import stopping
+from mlp.machinery import stopping
 
 # First of all: a signal during the imports below is one line and 130 or 143 too (a library's
 # import swallowed a plain KeyboardInterrupt there, and the run went on).
@@ -17,8 +17,8 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mlp.core import faults
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.machinery import faults
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).')
 flags.DEFINE_string('workdir', None, 'Run directory; train: default a new one under ./runs/.')
@@ -73,12 +73,12 @@ def run_name(argv: list[str]) -> str:
 
 
 def _train() -> int:
-  from mlp.core import files, train
-  from mlp.core import workdir as workdirs
+  from mlp.core import train
+  from mlp.machinery import files, lock
 
   workdir = FLAGS.workdir or train.default_workdir(run_name(sys.argv[1:]))
   logging.info('Workdir: %s', workdir)
-  with workdirs.left_as_found(files.path(workdir)):
+  with lock.left_as_found(files.path(workdir)):
     train.train_and_evaluate(FLAGS.config, workdir)
   return 0
 
@@ -177,15 +177,16 @@ def check_flags(mode_name: str) -> Mode:
 
 def load_saved(workdir: str):
   """The config saved in workdir, checked as a new one is: config.json may be hand-edited."""
-  from mlp.core import configuration, files
+  from mlp.core import configuration
+  from mlp.machinery import files, run_config
 
-  config = configuration.load(workdir)
+  config = run_config.load(workdir)
   try:
     configuration.validate(config)
   except Exception as error:  # A value of a wrong type makes the checks themselves raise.
     message = str(error).removeprefix('Invalid config: ')
     raise UserError(
-      f'{files.path(workdir) / configuration.CONFIG_FILE}: {message}; fix that value or train '
+      f'{files.path(workdir) / run_config.CONFIG_FILE}: {message}; fix that value or train '
       'into a new workdir.'
     ) from None
   return config
@@ -196,7 +197,8 @@ def run(mode_name: str) -> int:
   mode = check_flags(mode_name)
   import jax
 
-  from mlp.core import configuration, devices, limits
+  from mlp.core import configuration
+  from mlp.machinery import devices, limits
 
   devices.initialize_distributed(
     FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, auto=FLAGS.distributed

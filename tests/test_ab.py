@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_config
 
 from configs import default
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
 from mlp.tools import ab, benchmark
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import MNIST_INFO, ROOT, tiny_config
 
-from mlp.core import build, checkpoint, configuration, devices, steps, train
+from mlp.core import build, configuration, steps, train
+from mlp.machinery import checkpoint, devices
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,7 @@ from etils import epath
 from PIL import Image
 
 import input_pipeline
-from mlp.core import checkpoint, files, reporting
-from mlp.core import workdir as lock
+from mlp.machinery import checkpoint, files, lock, reporting
 
 pytestmark = pytest.mark.integration
 
@@ -207,7 +206,7 @@ def test_sigterm_in_a_bucket_saves_and_resumes_bit_exact(gcs, data_args, straigh
 
 
 def test_bucket_lock_refuses_a_second_run_and_takes_over_an_expired_lease(gcs, monkeypatch):
-  from mlp.core.errors import UserError
+  from input_pipeline.errors import UserError
 
   monkeypatch.setattr(lock, 'LEASE_SECONDS', 0.6)
   workdir = epath.Path(f'gs://{BUCKET}/locked')

@@ -7,8 +7,9 @@ import sys
 import pytest
 from conftest import ROOT, TFRECORD_DIR, tiny_config
 
-from mlp.core import checkpoint, train
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import train
+from mlp.machinery import checkpoint
 
 pytestmark = pytest.mark.unit
 

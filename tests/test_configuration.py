@@ -7,9 +7,10 @@ import logging
 import pytest
 from conftest import tiny_config
 
+from input_pipeline.errors import UserError
 from mlp.core import configuration, fields, models
-from mlp.core.errors import UserError
 from mlp.core.fields import Role
+from mlp.machinery import run_config
 
 pytestmark = pytest.mark.unit
 
@@ -18,8 +19,8 @@ def saved_run(tmp_path, drop: tuple[str, ...] = (), add: dict | None = None):
   """A workdir whose config.json lacks the fields `drop` and has the extra ones `add`."""
   config = tiny_config(tmp_path)
   tmp_path.joinpath('run').mkdir()
-  configuration.save(config, tmp_path / 'run')
-  path = tmp_path / 'run' / configuration.CONFIG_FILE
+  run_config.save(config, tmp_path / 'run')
+  path = tmp_path / 'run' / run_config.CONFIG_FILE
   values = json.loads(path.read_text())
   values = {k: v for k, v in values.items() if k not in drop} | (add or {})
   path.write_text(json.dumps(values))
@@ -28,13 +29,13 @@ def saved_run(tmp_path, drop: tuple[str, ...] = (), add: dict | None = None):
 
 def test_saved_config_reads_back_the_same(tmp_path):
   config, workdir = saved_run(tmp_path)
-  assert configuration.to_dict(configuration.load(workdir)) == configuration.to_dict(config)
+  assert run_config.to_dict(run_config.load(workdir)) == run_config.to_dict(config)
 
 
 def test_a_field_added_since_fills_in_with_one_warning(tmp_path, caplog):
   _, workdir = saved_run(tmp_path, drop=('run.keep_checkpoints', 'run.pictures'))
   with caplog.at_level(logging.WARNING):
-    loaded = configuration.load(workdir)
+    loaded = run_config.load(workdir)
   assert loaded.run.keep_checkpoints == configuration.SCHEMA['run.keep_checkpoints'].default
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and 'run.keep_checkpoints, run.pictures' in warnings[0]
@@ -43,7 +44,7 @@ def test_a_field_added_since_fills_in_with_one_warning(tmp_path, caplog):
 def test_a_missing_field_that_changes_results_is_refused_by_name(tmp_path):
   _, workdir = saved_run(tmp_path, drop=('optim.label_smoothing',))
   with pytest.raises(UserError, match=r'has no optim\.label_smoothing, which this code needs'):
-    configuration.load(workdir)
+    run_config.load(workdir)
 
 
 def test_a_result_field_that_behaves_as_before_fills_in(tmp_path, monkeypatch):
@@ -51,20 +52,20 @@ def test_a_result_field_that_behaves_as_before_fills_in(tmp_path, monkeypatch):
   same = dataclasses.replace(field, same_as_before=True)
   monkeypatch.setitem(configuration.SCHEMA, 'optim.label_smoothing', same)
   _, workdir = saved_run(tmp_path, drop=('optim.label_smoothing',))
-  assert configuration.load(workdir).optim.label_smoothing == field.default
+  assert run_config.load(workdir).optim.label_smoothing == field.default
 
 
 def test_fields_this_code_no_longer_has_are_ignored_with_a_warning(tmp_path, caplog):
   _, workdir = saved_run(tmp_path, add={'benchmark.repeats': 5})
   with caplog.at_level(logging.WARNING):
-    configuration.load(workdir)
+    run_config.load(workdir)
   assert 'ignoring benchmark.repeats' in caplog.text
 
 
 def test_tool_groups_are_read_but_never_saved(tmp_path):
   config = configuration.defaults({'tool': {'size': fields.positive(3, Role.EXECUTION, 'A size.')}})
   assert config.tool.size == 3
-  assert not any(path.startswith('tool.') for path in configuration.to_dict(config))
+  assert not any(path.startswith('tool.') for path in run_config.to_dict(config))
 
 
 def test_every_field_default_is_valid():

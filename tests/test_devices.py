@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from conftest import MNIST_INFO, tiny_config
 
-from mlp.core import build, checkpoint, devices, steps, train
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import build, steps, train
+from mlp.machinery import checkpoint, devices
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from mlp.core import checkpoint
+from mlp.machinery import checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,8 @@ def _worker(splits_file: str, workdir: str, result_file: str) -> None:
   faulthandler.dump_traceback_later(WORKER_SECONDS, exit=True)  # A stuck collective ends.
   from conftest import tiny_config
 
-  from mlp.core import devices, train
+  from mlp.core import train
+  from mlp.machinery import devices
 
   devices.initialize_distributed()  # From JAX_COORDINATOR_ADDRESS etc., when the test sets them.
   serve_saved_splits(splits_file)

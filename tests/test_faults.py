@@ -33,9 +33,9 @@ from conftest import ROOT, prepare_mock, run_main, tiny_config
 from PIL import Image
 
 import input_pipeline
-from mlp.core import checkpoint, configuration, faults, reporting, stopping, train, trainer
-from mlp.core import workdir as lock
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import train, trainer
+from mlp.machinery import checkpoint, faults, lock, reporting, run_config, stopping
 from mlp.reader import export, predict
 
 pytestmark = pytest.mark.integration
@@ -213,10 +213,10 @@ def test_eval_reads_again_when_training_replaces_its_checkpoint(
 def test_workdir_with_only_config_json_is_left_alone(tmp_path, mock_mnist):
   workdir = tmp_path / 'run'
   workdir.mkdir()
-  configuration.save(tiny_config(tmp_path), workdir)
+  run_config.save(tiny_config(tmp_path), workdir)
   with pytest.raises(UserError, match='train into this workdir first'):
     train.evaluate_checkpoint(workdir)
-  assert [p.name for p in workdir.iterdir()] == [configuration.CONFIG_FILE]
+  assert [p.name for p in workdir.iterdir()] == [run_config.CONFIG_FILE]
 
 
 def test_a_second_run_is_refused_with_the_holders_pid(tmp_path, mock_mnist):
@@ -383,7 +383,7 @@ def _trained(change: Callable[[Path], None] | None = None) -> Callable[[Path], N
 
 def _edit_config(**values) -> Callable[[Path], None]:
   def change(run: Path) -> None:
-    path = run / configuration.CONFIG_FILE
+    path = run / run_config.CONFIG_FILE
     path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
 
   return change
@@ -393,7 +393,7 @@ def _drop_fields(*paths: str) -> Callable[[Path], None]:
   """config.json as code older than those fields wrote it."""
 
   def drop(run: Path) -> None:
-    path = run / configuration.CONFIG_FILE
+    path = run / run_config.CONFIG_FILE
     values = json.loads(path.read_text())
     path.write_text(json.dumps({k: v for k, v in values.items() if k not in paths}))
 
@@ -441,10 +441,10 @@ def _cnn_without_checkpoint(directory: Path) -> None:
   shutil.copytree(directory.parent / 'trained', run)
   shutil.rmtree(run / checkpoint.CHECKPOINT_DIR)
   _edit_config(model='cnn')(run)
-  values = json.loads((run / configuration.CONFIG_FILE).read_text())
+  values = json.loads((run / run_config.CONFIG_FILE).read_text())
   values = {k: v for k, v in values.items() if not k.startswith('mlp.')}
   values.update({'cnn.conv_features': [4, 8], 'cnn.dense_size': 16})
-  (run / configuration.CONFIG_FILE).write_text(json.dumps(values))
+  (run / run_config.CONFIG_FILE).write_text(json.dumps(values))
 
 
 def _lab_tiff(directory: Path) -> None:
@@ -1018,7 +1018,7 @@ def _saved_a_checkpoint(directory: Path) -> bool:
 
 
 def _started_training(directory: Path) -> bool:
-  return (directory / 'run' / configuration.CONFIG_FILE).exists()
+  return (directory / 'run' / run_config.CONFIG_FILE).exists()
 
 
 SLEEPY_CONFIG = _file('slow.py', 'import time\n\ndef get_config():\n  time.sleep(60)\n')

@@ -24,7 +24,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from input_pipeline import mnist_files
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
 
 pytestmark = pytest.mark.unit
 

@@ -3,7 +3,7 @@
 import pytest
 from conftest import tiny_config
 
-from mlp.core import pacing
+from mlp.machinery import pacing
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import input_pipeline
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
 
 pytestmark = pytest.mark.unit
 

@@ -16,8 +16,9 @@ from conftest import MNIST_INFO, ROOT, tiny_config
 from PIL import Image, ImageDraw
 from test_preprocess import seven
 
-from mlp.core import build, checkpoint, configuration, steps, train
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import build, steps, train
+from mlp.machinery import checkpoint, run_config
 from mlp.reader import export, predict, preprocess
 
 pytestmark = pytest.mark.integration
@@ -299,7 +300,7 @@ def test_closed_stdout_ends_quietly(tmp_path, mock_mnist):
   'run', [lambda w: predict.run(w, ['x.png'], 'text', None), export.run], ids=['predict', 'export']
 )
 def test_no_checkpoint_says_how_to_train(tmp_path, run):
-  configuration.save(tiny_config(tmp_path), tmp_path)
+  run_config.save(tiny_config(tmp_path), tmp_path)
   MNIST_INFO.save(tmp_path)
   with pytest.raises(UserError, match='train first: python main.py --config=') as error:
     run(tmp_path)

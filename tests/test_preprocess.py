@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
 from mlp.reader import preprocess
 
 pytestmark = pytest.mark.unit

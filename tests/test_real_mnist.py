@@ -14,7 +14,7 @@ from test_train import read_metrics
 
 import input_pipeline
 from input_pipeline import mnist_files
-from mlp.core import checkpoint
+from mlp.machinery import checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ from PIL import Image
 from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
 
-from mlp.core import configuration, reporting
+from mlp.core import configuration
+from mlp.machinery import reporting, run_config
 
 pytestmark = pytest.mark.unit
 
@@ -58,7 +59,7 @@ def summary_values(workdir: Path) -> dict[str, object]:
 
 
 def config_values() -> dict:
-  return configuration.to_dict(configuration.defaults())
+  return run_config.to_dict(configuration.defaults())
 
 
 def read_lines(workdir: Path) -> list[dict]:

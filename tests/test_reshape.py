@@ -48,7 +48,8 @@ def _worker(splits_file: str, workdir: str, part: str, result_file: str) -> None
   faulthandler.dump_traceback_later(WORKER_SECONDS, exit=True)
   from conftest import tiny_config
 
-  from mlp.core import checkpoint, devices, train
+  from mlp.core import train
+  from mlp.machinery import checkpoint, devices
 
   devices.initialize_distributed()
   serve_saved_splits(splits_file)

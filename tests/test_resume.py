@@ -7,8 +7,9 @@ from conftest import tiny_config
 from test_checkpoint import damage, finished_checkpoints
 from test_train import NUMBERS, read_metrics
 
-from mlp.core import checkpoint, train
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import train
+from mlp.machinery import checkpoint
 
 pytestmark = pytest.mark.integration
 

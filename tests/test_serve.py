@@ -24,9 +24,9 @@ from conftest import MNIST_INFO, ROOT, tiny_config
 from PIL import Image
 from test_preprocess import seven
 
+from input_pipeline.errors import UserError
 from mlp.core import build, steps
-from mlp.core.errors import UserError
-from mlp.reader import load_test, predict, preprocess, serve
+from mlp.reader import predict, preprocess, serve, serve_load
 
 pytestmark = pytest.mark.integration
 
@@ -258,7 +258,7 @@ def test_batcher_compiles_once_per_bucket_and_batches_concurrent_calls(tmp_path,
 def test_load_on_loopback(server):
   """400 requests, 50 at once: none fails. Prints the figures (-s); they are not asserted."""
   body = (ROOT / 'docs' / 'example_digit.jpg').read_bytes()
-  figures = load_test.measure(server.url, body, 'image/jpeg', requests=400, concurrency=50)
+  figures = serve_load.measure(server.url, body, 'image/jpeg', requests=400, concurrency=50)
   print('load test:', json.dumps(figures))
   assert figures['errors'] == 0, figures['first_error']
   assert httpx.get(server.url + 'api/health').status_code == 200
@@ -266,7 +266,7 @@ def test_load_on_loopback(server):
 
 def test_load_test_refuses_other_hosts():
   with pytest.raises(UserError, match='only runs against this machine'):
-    load_test.require_loopback('http://10.1.2.3:8000/')
+    serve_load.require_loopback('http://10.1.2.3:8000/')
 
 
 def test_only_its_own_host_names_are_answered_and_nothing_is_sniffed(server):

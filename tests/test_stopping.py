@@ -5,9 +5,8 @@ import signal
 
 import pytest
 
-from mlp.core import stopping
-from mlp.core import workdir as lock
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.machinery import lock, stopping
 
 pytestmark = pytest.mark.unit
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+from input_pipeline.errors import UserError
 from mlp.core import configuration, models, train
-from mlp.core.errors import UserError
 from mlp.core.fields import Role
 from mlp.tools import sweep
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from mlp.core import configuration, metrics, reporting, train
+from mlp.core import metrics, train
+from mlp.machinery import reporting, run_config
 
 pytestmark = pytest.mark.unit
 
@@ -40,9 +41,7 @@ def test_writes_metrics_config_and_pictures(tmp_path, mock_mnist):
   assert lines[2] == {key: result[key] for key in TEST_KEYS}
   assert lines[:2] == result['epochs']
   assert 0.0 <= result['test_accuracy'] <= 1.0 and np.isfinite(result['test_loss'])
-  assert configuration.to_dict(configuration.load(tmp_path / 'run')) == configuration.to_dict(
-    config
-  )
+  assert run_config.to_dict(run_config.load(tmp_path / 'run')) == run_config.to_dict(config)
   deadline = time.monotonic() + 120  # Drawn by a child process after the run returns.
   while (tmp_path / 'run' / reporting.PICTURE_INPUTS).exists() and time.monotonic() < deadline:
     time.sleep(0.1)
@@ -52,7 +51,7 @@ def test_writes_metrics_config_and_pictures(tmp_path, mock_mnist):
 
 def test_same_config_gives_identical_numbers(tmp_path, mock_trained_workdir, mock_dataset):
   """Trained again with the shared run's config: every number is the same."""
-  again = train.train_and_evaluate(configuration.load(mock_trained_workdir), tmp_path / 'again')
+  again = train.train_and_evaluate(run_config.load(mock_trained_workdir), tmp_path / 'again')
   *epochs, test = read_metrics(mock_trained_workdir)
   assert numbers_of(again) == [{k: e[k] for k in NUMBERS} for e in epochs] + [test['test_loss']]
 

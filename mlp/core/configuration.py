@@ -9,21 +9,15 @@ vary, and whether a run saved before the field existed can still be read.
 """
 
 import functools
-import json
-import os
 from typing import Any
 
 import ml_collections
-from absl import logging
 from ml_collections import config_dict
 
-from mlp.core import files, models
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import models
 from mlp.core.fields import Field, Role, at_least, choice, fraction, positive
 from mlp.core.optimizer import SCHEDULES
-
-CONFIG_FILE = 'config.json'
-_WARNED: set[str] = set()  # config.json files whose difference from this code was told once.
 
 _TOP = {
   'model': Field(
@@ -183,75 +177,3 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f'Invalid config: optim.warmup_epochs={config.optim.warmup_epochs!r}: expected {bound} '
       f'optim.num_epochs ({config.optim.num_epochs}).'
     )
-
-
-def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The fields in use by dotted path, as JSON-ready values."""
-  return {path: get(config, path) for path in in_use(config)}
-
-
-def save(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> None:
-  """Writes the fields in use, from which later modes rebuild the model; atomically."""
-  files.write_atomic(
-    files.path(workdir) / CONFIG_FILE, json.dumps(to_dict(config), indent=2) + '\n'
-  )
-
-
-def load(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with; fields this code added since fill in, if they may."""
-  path = files.path(workdir) / CONFIG_FILE
-  if not path.is_file():
-    raise UserError(f'{path} does not exist; train into this workdir first.')
-  try:
-    values = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as error:
-    raise UserError(f'{path} is not valid JSON ({error}); train into a new workdir.') from None
-  if not isinstance(values, dict) or not isinstance(values.get('model'), str):
-    raise UserError(f'{path} is not a config of this code; train into a new workdir.')
-  config = defaults()
-  config.model = values['model'] if values['model'] in models.REGISTRY else config.model
-  unknown = sorted(set(values) - set(in_use(config)))
-  missing = sorted(set(in_use(config)) - set(values))
-  refused = [p for p in missing if not SCHEMA[p].fills_older_runs]
-  if refused:
-    raise UserError(
-      f'{path} has no {", ".join(refused)}, which this code needs to reproduce the run; '
-      'train it again with this code into a new workdir.'
-    )
-  if (missing or unknown) and str(path) not in _WARNED:
-    _WARNED.add(str(path))
-    logging.warning(
-      '%s was written by other code: %s.',
-      path,
-      '; '.join(
-        [
-          *([f'defaults fill in {", ".join(missing)}'] if missing else []),
-          *([f'ignoring {", ".join(unknown)}'] if unknown else []),
-        ]
-      ),
-    )
-  values = {key: value for key, value in values.items() if key not in unknown}
-  try:
-    for key, value in values.items():
-      assign(config, key, value)
-  except UserError as error:
-    raise UserError(f'{path}: {error}; train into a new workdir.') from None
-  return config
-
-
-def resume_conflicts(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> str:
-  """The fields a resume may not change on which two configs differ, as 'path: x -> y'.
-
-  A cosine schedule's length is optim.num_epochs, so there that is fixed too.
-  """
-  roles = [Role.RESULT, Role.TRACED, Role.SPLIT]
-  if config.optim.schedule == 'cosine':
-    roles.append(Role.LENGTH)
-  changed = [
-    f'{path}: {get(saved, path)!r} -> {get(config, path)!r}'
-    for path in with_role(config, *roles)
-    if path in in_use(saved) and get(saved, path) != get(config, path)
-  ]
-  if saved.model != config.model:
-    changed.insert(0, f'model: {saved.model!r} -> {config.model!r}')
-  return ', '.join(dict.fromkeys(changed))

@@ -12,20 +12,10 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp.core import (
-  checkpoint,
-  configuration,
-  devices,
-  files,
-  hints,
-  metrics,
-  reporting,
-  stopping,
-  trainer,
-)
-from mlp.core import workdir as lock
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import configuration, metrics, trainer
 from mlp.core.steps import TrainState
+from mlp.machinery import checkpoint, devices, files, lock, reporting, run_config, stopping
 
 
 def default_workdir(config_name: str) -> Path:
@@ -34,17 +24,17 @@ def default_workdir(config_name: str) -> Path:
 
 def _check_config(config, workdir: files.AnyPath) -> None:
   """Checks that resuming in workdir keeps the state and the results, then saves the config."""
-  if (workdir / configuration.CONFIG_FILE).exists():
-    saved = configuration.load(workdir)
-    conflicts = configuration.resume_conflicts(saved, config)
+  if (workdir / run_config.CONFIG_FILE).exists():
+    saved = run_config.load(workdir)
+    conflicts = run_config.resume_conflicts(saved, config)
     if conflicts:
       raise UserError(
         f'{workdir} holds a run with another config ({conflicts}); use a new --workdir, or '
-        f'resume it with {hints.train_command(saved, workdir)}'
+        f'resume it with {run_config.train_command(saved, workdir)}'
       )
   checkpoint.check_end(workdir, config.optim.num_epochs)
   if devices.is_main_process():
-    configuration.save(config, workdir)
+    run_config.save(config, workdir)
 
 
 def _read_records(workdir: files.AnyPath) -> list[dict]:
@@ -130,7 +120,7 @@ def _train(config, workdir: files.AnyPath, stop: stopping.StopRequests) -> dict:
     logging.info('%s is complete (%d epochs); evaluating its checkpoint.', workdir, position.epoch)
   is_writer = devices.is_main_process()
   sink = reporting.Metrics(
-    workdir, configuration.to_dict(config), records[: position.epoch], is_writer
+    workdir, run_config.to_dict(config), records[: position.epoch], is_writer
   )
 
   def save(state: TrainState, epochs_done: int, steps: int = 0, sums=None) -> None:

@@ -18,8 +18,9 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp.core import build, devices, metrics, pacing, steps
+from mlp.core import build, metrics, steps
 from mlp.core.steps import TrainState
+from mlp.machinery import devices, pacing
 
 # A long epoch logs how far it has got at most this often (one step call late).
 PROGRESS_SECONDS = 15.0
@@ -110,7 +111,7 @@ class Trainer:
   train_data: TrainData
   validation: tuple[jax.Array, ...] | None  # Padded batches on the devices; None: not placed.
   steps_per_epoch: int
-  steps_per_call: int  # Chosen by mlp/core/pacing.py unless run.steps_per_call sets it.
+  steps_per_call: int  # Chosen by mlp/machinery/pacing.py unless run.steps_per_call sets it.
 
   @property
   def mesh(self) -> jax.sharding.Mesh:

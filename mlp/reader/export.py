@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from mlp.core import checkpoint, files, steps
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import steps
+from mlp.machinery import checkpoint, files
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 

@@ -32,8 +32,9 @@ import numpy as np
 from absl import logging
 
 from input_pipeline import DatasetInfo
-from mlp.core import checkpoint, devices, steps
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import steps
+from mlp.machinery import checkpoint, devices
 from mlp.reader import preprocess
 
 BATCH_SIZE = 256

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from scipy import ndimage
 
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
 from mlp.reader import segment
 
 FIELD = 28  # MNIST's canvas.

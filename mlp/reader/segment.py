@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
 
 NO_DIGIT = 'no digit found: the image holds only lines or specks, no digit-like ink'
 DOT = 'no digit found: the ink is a dot or a short dash, not a digit'

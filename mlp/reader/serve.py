@@ -61,8 +61,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from input_pipeline import DatasetInfo
-from mlp.core import checkpoint, configuration, files, reporting
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import configuration
+from mlp.machinery import checkpoint, files, reporting
 from mlp.reader import predict, preprocess
 
 MAX_BYTES = 10 * 1024 * 1024  # An upload's size; phone photos are 2-8 MB.

@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import ml_collections
 
+from input_pipeline.errors import UserError
 from mlp.core import configuration
-from mlp.core.errors import UserError
 
 
 def alternate(a: Callable[[], float], b: Callable[[], float], rounds: int) -> tuple[list, list]:

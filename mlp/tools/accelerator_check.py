@@ -14,7 +14,8 @@ import ml_collections
 from absl import logging
 
 import input_pipeline
-from mlp.core import configuration, devices, train
+from mlp.core import configuration, train
+from mlp.machinery import devices
 from mlp.tools import benchmark, fields, flops
 
 CHECK_EPOCHS = 2

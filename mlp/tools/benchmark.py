@@ -23,9 +23,9 @@ from absl import logging
 from jax import monitoring
 
 import input_pipeline
-from mlp.core import configuration, devices, limits, trainer
-from mlp.core import workdir as lock
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import configuration, trainer
+from mlp.machinery import devices, limits, lock
 from mlp.tools import ab, fields, flops
 
 _compile_seconds = [0.0]

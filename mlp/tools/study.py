@@ -31,8 +31,8 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
+from input_pipeline.errors import UserError
 from mlp.core import configuration
-from mlp.core.errors import UserError
 from mlp.tools import sweep
 
 SAMPLERS = ('random', 'tpe')

@@ -31,10 +31,10 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp.core import configuration, files, trainer
-from mlp.core import workdir as lock
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import configuration, trainer
 from mlp.core.fields import Role
+from mlp.machinery import files, lock
 
 RESULTS_FILE = 'sweep.jsonl'
 TABLE_FILE = 'sweep.md'

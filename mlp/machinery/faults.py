@@ -8,7 +8,7 @@ keeps its traceback.
 
 import errno
 
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
 
 # errno, words found in wrapped messages, and what to do.
 _FILE_FAULTS = (

@@ -22,8 +22,9 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
-from mlp.core import configuration, devices, steps
+from mlp.core import configuration, steps
 from mlp.core.fields import Role
+from mlp.machinery import devices
 
 CALL_SECONDS = 1.5  # A scanned call's target length.
 # The scan probe's length: enough steps for a call of PROBE_SECONDS, within these bounds. The

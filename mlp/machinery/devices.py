@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
 
 DATA_AXIS = 'data'
 # Read when the matching argument of initialize_distributed is None. JAX itself also reads

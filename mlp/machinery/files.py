@@ -4,7 +4,7 @@ A bucket is not a disk. It has no rename (epath's rename copies, then deletes) a
 but every upload replaces an object whole: readers see the old object or the new one, never a
 part. And each object version has a generation number, which an upload or a delete can be made
 conditional on (`if_generation_match`; 0 means "only if absent"): that is the bucket's
-compare-and-swap, on which the workdir's lock is built (mlp/core/workdir.py). So an atomic
+compare-and-swap, on which the workdir's lock is built (mlp/machinery/lock.py). So an atomic
 write is a temporary file renamed on a disk, and a single upload in a bucket.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from etils import epath
 
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
 
 # gs:// goes through gcsfs (fsspec), not TensorFlow's gfile, whether or not TensorFlow is
 # installed: training does not need TensorFlow, and gcsfs, like the google-cloud-storage

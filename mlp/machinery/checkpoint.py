@@ -27,8 +27,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from input_pipeline import DatasetInfo
-from mlp.core import build, configuration, devices, files, hints, steps
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.core import build, steps
+from mlp.machinery import devices, files, run_config
 
 # Bump when the train state's structure changes; older checkpoints are then refused clearly.
 # 2: the Position (epoch_steps, epoch_sums) beside the epoch.
@@ -343,7 +344,7 @@ def restore_for_inference(
   The variables (parameters and any model state) come back replicated on the current devices,
   whichever devices saved them.
   """
-  config = configuration.load(workdir)
+  config = run_config.load(workdir)
   info = DatasetInfo.load(workdir)
   model, variables = build.build_model(config, info)
   template = devices.replicate(build.init_state(config, model, variables), devices.make_mesh())
@@ -355,6 +356,6 @@ def restore_for_inference(
   if state is None:
     raise UserError(
       f'No checkpoint in {files.path(workdir) / CHECKPOINT_DIR}; train first: '
-      f'{hints.train_command(config, files.path(workdir))}'
+      f'{run_config.train_command(config, files.path(workdir))}'
     )
   return config, info, model, state.variables

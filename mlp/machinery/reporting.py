@@ -28,7 +28,7 @@ from tensorboardX import summary
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event
 
-from mlp.core import files
+from mlp.machinery import files
 
 TENSORBOARD_DIR = 'tensorboard'
 METRICS_FILE = 'metrics.jsonl'
@@ -305,7 +305,7 @@ def draw_in_background(
     )
   root = Path(__file__).resolve().parents[2]
   return subprocess.Popen(
-    [sys.executable, '-m', 'mlp.core.reporting', str(files.path(workdir)), str(inputs)],
+    [sys.executable, '-m', 'mlp.machinery.reporting', str(files.path(workdir)), str(inputs)],
     cwd=root,
     stdin=subprocess.DEVNULL,
     start_new_session=True,

@@ -30,8 +30,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from mlp.core import files
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
+from mlp.machinery import files
 
 LOCK_FILE = '.lock'
 LEASE_SECONDS = 60.0

@@ -1,7 +1,7 @@
 """A bounded load test of a local `--mode=serve` server: latency and requests/s under concurrency.
 
 Command (with a server running):
-  python -m mlp.reader.load_test --url=http://127.0.0.1:8000/ [--image=docs/example_digit.jpg]
+  python -m mlp.reader.serve_load --url=http://127.0.0.1:8000/ [--image=docs/example_digit.jpg]
       [--requests=400] [--concurrency=50]
 
 It sends a fixed number of POST /api/predict requests, `concurrency` of them in flight at once,
@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from absl import app, flags
 
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
 
 
 def require_loopback(url: str) -> None:

@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from mlp.core.errors import UserError
+from input_pipeline.errors import UserError
 
 FLOAT_BYTES = 4
 # Values per example of the datasets this project names; others count as MNIST-sized.
