@@ -122,6 +122,29 @@ def _serve() -> int:
   return serve.run(FLAGS.workdir, FLAGS.host, FLAGS.port)
 
 
+def _print_config() -> int:
+  """Every field as `path = value  # what it is for`, after the checks a run makes."""
+  from mlp.core import configuration
+  from mlp.tools import fields
+
+  configuration.validate(FLAGS.config)
+  declared = configuration.SCHEMA | {
+    p: f for g in fields.GROUPS for p, f in fields.paths(g).items()
+  }
+
+  def lines(values: dict, prefix: str = ''):
+    for name, value in values.items():
+      path = prefix + name
+      if isinstance(value, dict) and value:
+        yield from lines(value, path + '.')
+      else:
+        doc = declared[path].doc if path in declared else ''
+        yield f'{path} = {value!r}' + (f'  # {doc}' if doc else '')
+
+  print('\n'.join(lines(FLAGS.config.to_dict())))
+  return 0
+
+
 def _sweep() -> int:
   from mlp.tools import sweep
 
@@ -137,6 +160,7 @@ class Mode:
   help: str
   reads: str  # 'config': --config is required; 'workdir': a trained --workdir is required.
   flags: tuple[str, ...] = ()
+  uses_devices: bool = True  # False: runs before JAX starts.
 
 
 MODES = {
@@ -152,6 +176,7 @@ MODES = {
   'serve': Mode(_serve, 'a web page and JSON API over the run', 'workdir', ('port', 'host')),
   'sweep': Mode(_sweep, 'tune (--config=configs/sweep.py)', 'config'),
   'check': Mode(_check, 'what matters on a new GPU/TPU machine, one table', 'config'),
+  'config': Mode(_print_config, 'print the resolved config, every field', 'config', (), False),
 }
 FLAGS['mode'].help = 'One of: ' + '; '.join(f'{n}: {m.help}' for n, m in MODES.items()) + '.'
 
@@ -195,6 +220,8 @@ def load_saved(workdir: str):
 def run(mode_name: str) -> int:
   """Runs one mode; returns the exit status."""
   mode = check_flags(mode_name)
+  if not mode.uses_devices:
+    return mode.run()
   import jax
 
   from mlp.core import configuration
@@ -206,7 +233,7 @@ def run(mode_name: str) -> int:
   config = load_saved(FLAGS.workdir) if mode.reads == 'workdir' else FLAGS.config
   configuration.validate(config)
   devices.configure_runtime(config)
-  if 'sweep' not in config:  # A sweep's trials are checked one by one.
+  if mode_name != 'sweep':  # A sweep's trials are checked one by one.
     limits.check(config)
   logging.info(
     'JAX %s, backend %s, process %d of %d, %d devices: %s',
@@ -309,9 +336,10 @@ def usage() -> str:
       'Modes (--mode=...):',
       *modes,
       '',
-      'Config groups and fields (explained in mlp/core/configuration.py; configs/*.py set them):',
+      'Config groups and fields (mlp/core/configuration.py declares, configs/default.py sets):',
       *groups,
       '',
+      'Every field and its value: python main.py --config=configs/<name>.py --mode=config',
       'Example: python main.py --config=configs/default.py --config.optim.batch_size=50 \\',
       '           --config.mlp.hidden_sizes=128,64 --config.optim.num_epochs=3',
       'Every flag: python main.py --helpfull',

@@ -27,32 +27,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.schedule = 'cosine'
   config.optim.warmup_epochs = 1.0
   config.optim.weight_decay = 0.01  # Non-zero: the trials use AdamW, as the search space does.
-  with config.unlocked():
-    config.sweep = ml_collections.ConfigDict(
-      {
-        # Field -> values, nested as the config is: every combination is tried.
-        'grid': {},
-        # Field -> ('uniform' | 'log_uniform', low, high) or ('choice', value, ...).
-        'random': {
-          'optim': {
-            'learning_rate': ('log_uniform', 5e-4, 4e-3),
-            'weight_decay': ('log_uniform', 1e-3, 1e-1),
-            'label_smoothing': ('uniform', 0.0, 0.2),
-          },
-          'mlp': {'dropout_rate': ('uniform', 0.1, 0.5)},
-        },
-        'num_random': 12,  # Random draws.
-        'seed': 0,  # Seeds the draws: the same config gives the same trials.
-        # Trials trained together in one vmapped program. Batched matmuls are slower than plain
-        # ones on CPU, so wide models train one at a time; small ones gain from 8 or more.
-        'max_parallel': 1,
-        # A sweep shared by many workers (mlp/tools/study.py): an Optuna storage URL such as
-        # sqlite:///runs/study.db or journal:runs/study.log; empty: this process alone.
-        'storage': '',
-        'study_name': 'sweep',  # Workers with the same storage and name share the study.
-        'sampler': 'random',  # 'random': the trials above; 'tpe': Optuna's TPE, num_random.
-        'pruner': 'median',  # 'median' stops trials below the median at an epoch; or 'none'.
-        'heartbeat_seconds': 10,  # A trial silent for 3 beats is retried (RDB storages).
-      }
-    )
+  config.sweep.random = {
+    'optim': {
+      'learning_rate': ('log_uniform', 5e-4, 4e-3),
+      'weight_decay': ('log_uniform', 1e-3, 1e-1),
+      'label_smoothing': ('uniform', 0.0, 0.2),
+    },
+    'mlp': {'dropout_rate': ('uniform', 0.1, 0.5)},
+  }
+  config.sweep.num_random = 12
+  # Batched matmuls are slower than plain ones on CPU, so wide models train one at a time.
+  config.sweep.max_parallel = 1
   return config

@@ -101,6 +101,13 @@ class Splits:
   def info(self) -> DatasetInfo:
     return DatasetInfo.of(self.name, self.train)
 
+  def __str__(self) -> str:
+    info = self.info
+    return (
+      f'{self.name}, {len(self.train)} train, {len(self.validation)} validation, '
+      f'{len(self.test)} test examples of shape {info.image_shape}, {info.num_classes} classes'
+    )
+
 
 def default_cache_dir() -> Path:
   base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'

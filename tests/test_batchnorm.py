@@ -26,7 +26,7 @@ def test_a_resumed_run_carries_the_statistics_bit_exactly(tmp_path, mock_mnist):
   train.train_and_evaluate(config, tmp_path / 'run')
   configuration.assign(config, 'optim.num_epochs', 2)
   resumed = train.train_and_evaluate(config, tmp_path / 'run')
-  assert resumed == {**straight, 'epochs': resumed['epochs']}
+  assert resumed == {**straight, 'records': resumed['records']}
   *_, (_, resumed_state) = checkpoint.restore_for_inference(tmp_path / 'run')
   *_, (_, straight_state) = checkpoint.restore_for_inference(tmp_path / 'straight')
   assert jax.tree.leaves(resumed_state)

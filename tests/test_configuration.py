@@ -32,13 +32,36 @@ def test_saved_config_reads_back_the_same(tmp_path):
   assert run_config.to_dict(run_config.load(workdir)) == run_config.to_dict(config)
 
 
-def test_a_field_added_since_fills_in_with_one_warning(tmp_path, caplog):
-  _, workdir = saved_run(tmp_path, drop=('run.keep_checkpoints', 'run.pictures'))
+# The fields this round added: a run saved before them reads back with no warning.
+ADDED_SINCE = (
+  'optim.optimizer',
+  'optim.beta1',
+  'optim.beta2',
+  'optim.momentum',
+  'optim.nesterov',
+  'optim.clip_grad_norm',
+  'optim.accumulate_steps',
+  'optim.ema_decay',
+  'run.eval_every_steps',
+  'run.log_every_steps',
+  'run.checkpoint_every_steps',
+)
+
+
+def test_a_run_saved_before_fields_were_added_reads_back_silently(tmp_path, caplog):
+  config, workdir = saved_run(tmp_path, drop=ADDED_SINCE)
   with caplog.at_level(logging.WARNING):
     loaded = run_config.load(workdir)
-  assert loaded.run.keep_checkpoints == configuration.SCHEMA['run.keep_checkpoints'].default
-  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-  assert len(warnings) == 1 and 'run.keep_checkpoints, run.pictures' in warnings[0]
+  assert run_config.to_dict(loaded) == run_config.to_dict(config)
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_configs_default_sets_every_declared_field_to_its_declared_default():
+  from configs import default
+  from mlp.tools import fields as tool_fields
+
+  declared = configuration.defaults(tool_fields.GROUPS).to_dict()
+  assert default.get_config().to_dict() == declared
 
 
 def test_a_missing_field_that_changes_results_is_refused_by_name(tmp_path):

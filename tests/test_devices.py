@@ -83,7 +83,7 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_parameters(tmp_path, mo
   )(params)
   assert 'dot_general' in str(program) and 'bf16[2,16]' in str(program)
   result = train.train_and_evaluate(config, tmp_path / 'run')
-  assert np.isfinite(result['epochs'][0]['train_loss']) and np.isfinite(result['test_loss'])
+  assert np.isfinite(result['records'][0]['train_loss']) and np.isfinite(result['test_loss'])
   *_, trained = checkpoint.restore_for_inference(tmp_path / 'run')
   assert {leaf.dtype for leaf in jax.tree.leaves(trained)} == {jnp.dtype(jnp.float32)}
 

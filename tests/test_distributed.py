@@ -121,9 +121,9 @@ def runs(tmp_path_factory) -> dict[str, list[dict]]:
 def _assert_same_numbers(actual: dict, expected: dict) -> None:
   for placement in PLACEMENTS:
     got, want = actual[placement], expected[placement]
-    assert len(got['epochs']) == len(want['epochs']) == 1
+    assert len(got['records']) == len(want['records']) == 1
     for key in NUMBERS:
-      np.testing.assert_allclose(got['epochs'][0][key], want['epochs'][0][key], **TOLERANCE)
+      np.testing.assert_allclose(got['records'][0][key], want['records'][0][key], **TOLERANCE)
     for key in ('test_loss', 'test_accuracy'):
       np.testing.assert_allclose(got[key], want[key], **TOLERANCE)
 

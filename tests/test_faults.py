@@ -142,7 +142,7 @@ def test_sigterm_during_an_async_save_keeps_it(tmp_path, mock_mnist, monkeypatch
   assert [r['epoch'] for r in numbers(workdir)] == [1, 2]
   monkeypatch.setattr(checkpoint, 'save', save)
   result = train.train_and_evaluate(config, workdir)
-  assert [r['epoch'] for r in result['epochs']] == [1, 2, 3]
+  assert [r['epoch'] for r in result['records']] == [1, 2, 3]
 
 
 def test_damaged_metrics_line_is_rebuilt_from_a_checkpoint(tmp_path, straight, mock_mnist):

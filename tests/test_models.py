@@ -12,8 +12,10 @@ import pytest
 from conftest import MNIST_INFO, tiny_config
 
 import input_pipeline
-from mlp.core import build, configuration, models, steps, trainer
+from mlp.core import build, configuration, models, steps
+from mlp.machinery import devices
 from mlp.reader import export
+from mlp.tools import sweep
 
 pytestmark = pytest.mark.unit
 
@@ -52,8 +54,9 @@ def test_model_contract(tmp_path, name):
     tiny_config(tmp_path, {'model': name, 'optim.learning_rate': lr})
     for lr in rates['optim.learning_rate']
   ]
-  run, stacked = trainer.setup(trials, MNIST_INFO, input_pipeline.Split(*data[:2], ()))
-  together, _ = run.programs.train_on_batches(stacked, *(x[None] for x in data))
+  model, values, stacked = sweep.init_trials(trials, MNIST_INFO, steps_per_epoch=1)
+  programs = sweep.trial_programs(model, values, devices.make_mesh())
+  together, _ = programs.train_on_batches(stacked, *(x[None] for x in data))
   for i, trial in enumerate(trials):
     alone = one_step(trial, MNIST_INFO, data)[2][0]
     for vmapped, single in zip(

@@ -134,8 +134,8 @@ def runs(tmp_path_factory) -> dict[str, dict]:
 def test_resumed_on_another_device_count_ends_where_one_device_does(runs, case):
   got, want = runs[case], runs['straight']
   assert got['devices'] == CASES[case][2]
-  assert [r['epoch'] for r in got['epochs']] == [1, 2], 'epoch 1 kept from the first part'
-  for got_epoch, want_epoch in zip(got['epochs'], want['epochs'], strict=True):
+  assert [r['epoch'] for r in got['records']] == [1, 2], 'epoch 1 kept from the first part'
+  for got_epoch, want_epoch in zip(got['records'], want['records'], strict=True):
     for key in NUMBERS:
       np.testing.assert_allclose(got_epoch[key], want_epoch[key], **TOLERANCE)
   for key in ('test_loss', 'test_accuracy'):

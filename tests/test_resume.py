@@ -30,7 +30,7 @@ def test_resume_continues_to_the_same_numbers(tmp_path, mock_mnist):
   train.train_and_evaluate(config, tmp_path / 'resumed')
   config.optim.num_epochs = 3
   resumed = train.train_and_evaluate(config, tmp_path / 'resumed')
-  assert resumed == {**straight, 'epochs': resumed['epochs']}
+  assert resumed == {**straight, 'records': resumed['records']}
   assert [r['epoch'] for r in read_metrics(tmp_path / 'resumed')[:-1]] == [1, 2, 3]
   resumed_lines, straight_lines = (
     read_metrics(tmp_path / 'resumed'),
@@ -78,4 +78,4 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, mock
   resumed = train.train_and_evaluate(config, tmp_path / 'run')
   assert (tmp_path / 'run' / checkpoint.UNREADABLE_DIR / latest.name).is_dir()
   assert resumed['test_loss'] == straight['test_loss']
-  assert [r['epoch'] for r in resumed['epochs']] == [1, 2]
+  assert [r['epoch'] for r in resumed['records']] == [1, 2]

@@ -81,9 +81,9 @@ def test_top_1_accuracy_counts_ties_against_the_label():
 
 def test_summaries_divide_example_sums_by_the_count_and_keep_epoch_end_values():
   sums = {m.name: jnp.float32(i + 1) for i, m in enumerate(metrics.PER_EXAMPLE)}
-  at_end = {m.name: jnp.float32(i + 0.5) for i, m in enumerate(metrics.AT_EPOCH_END)}
+  at_end = {m.name: jnp.float32(i + 0.5) for i, m in enumerate(metrics.LAST_BATCH)}
   summary = metrics.summarize(sums | {metrics.COUNT: jnp.float32(4)}, 'x_', at_end)
   assert summary == {
     **{f'x_{m.name}': (i + 1) / 4 for i, m in enumerate(metrics.PER_EXAMPLE)},
-    **{m.name: i + 0.5 for i, m in enumerate(metrics.AT_EPOCH_END)},
+    **{m.name: i + 0.5 for i, m in enumerate(metrics.LAST_BATCH)},
   }

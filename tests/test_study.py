@@ -58,8 +58,7 @@ def learnable_splits(seed: int = 0) -> input_pipeline.Splits:
 
 def study_config(tmp_path: Path, storage: str):
   config = tiny_config(tmp_path, SIZES)
-  with config.unlocked():
-    config.sweep = {**SEARCH, 'storage': storage}
+  config.sweep.update({**SEARCH, 'storage': storage})
   return config
 
 
@@ -158,7 +157,7 @@ def test_best_config_retrains_to_the_studys_accuracy(shared, monkeypatch):
   assert config.optim.learning_rate == study.best_trial.params['optim.learning_rate']
   monkeypatch.setattr(input_pipeline, 'load_splits', lambda *args, **kwargs: learnable_splits())
   retrained = train.train_and_evaluate(config, tmp_path / 'retrained')
-  np.testing.assert_allclose(retrained['epochs'][-1]['val_accuracy'], study.best_value, rtol=1e-5)
+  np.testing.assert_allclose(retrained['records'][-1]['val_accuracy'], study.best_value, rtol=1e-5)
   assert results['restarted']['number'] == results['second']['number'] == study.best_trial.number
 
 

@@ -3,7 +3,6 @@
 import importlib.util
 import json
 
-import ml_collections
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -26,10 +25,9 @@ SPACE = {
 
 def sweep_config(tmp_path, grid, overrides=None, **sweep_fields):
   config = tiny_config(tmp_path, {'optim.num_epochs': 2, **(overrides or {})})
-  with config.unlocked():
-    config.sweep = ml_collections.ConfigDict(
-      {'grid': grid, 'random': {}, 'num_random': 0, 'seed': 0, 'max_parallel': 8, **sweep_fields}
-    )
+  config.sweep.update(
+    {'grid': grid, 'random': {}, 'num_random': 0, 'seed': 0, 'max_parallel': 8, **sweep_fields}
+  )
   return config
 
 
@@ -101,7 +99,7 @@ def test_vmapped_trials_equal_each_trained_alone(tmp_path, mock_mnist, model):
   for record in records:
     overrides = {**record['overrides'], 'run.checkpoint_every_epochs': 0}
     alone = train.train_and_evaluate(sweep.make_config(config, overrides), tmp_path / record['id'])
-    last = alone['epochs'][-1]
+    last = alone['records'][-1]
     for key in ('train_loss', 'val_loss', 'val_accuracy', 'test_loss', 'test_accuracy'):
       np.testing.assert_allclose(record[key], {**last, **alone}[key], rtol=1e-5, err_msg=key)
 

@@ -15,9 +15,11 @@ pytestmark = pytest.mark.unit
 EPOCH_KEYS = {
   'epoch',
   *(f'{split}_{m.name}' for split in ('train', 'val') for m in metrics.PER_EXAMPLE),
-  *(m.name for m in metrics.AT_EPOCH_END),
-  'epoch_seconds',
+  *(m.name for m in metrics.LAST_BATCH),
+  'step',
   'examples_per_sec',
+  'train_seconds',
+  'elapsed_seconds',
 }
 TEST_KEYS = {f'test_{m.name}' for m in metrics.PER_EXAMPLE}
 NUMBERS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')
@@ -25,7 +27,7 @@ NUMBERS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')
 
 def numbers_of(result: dict) -> list:
   """A run's losses and accuracies, without its timings."""
-  return [{k: e[k] for k in NUMBERS} for e in result['epochs']] + [result['test_loss']]
+  return [{k: e[k] for k in NUMBERS} for e in result['records']] + [result['test_loss']]
 
 
 def read_metrics(workdir):
@@ -38,8 +40,12 @@ def test_writes_metrics_config_and_pictures(tmp_path, mock_mnist):
   lines = read_metrics(tmp_path / 'run')
   assert [set(line) for line in lines[:2]] == [EPOCH_KEYS, EPOCH_KEYS]
   assert [line['epoch'] for line in lines[:2]] == [1, 2]
-  assert lines[2] == {key: result[key] for key in TEST_KEYS}
-  assert lines[:2] == result['epochs']
+  assert lines[2] == {
+    'step': lines[1]['step'],
+    'epoch': 2,
+    **{key: result[key] for key in TEST_KEYS},
+  }
+  assert lines[:2] == result['records']
   assert 0.0 <= result['test_accuracy'] <= 1.0 and np.isfinite(result['test_loss'])
   assert run_config.to_dict(run_config.load(tmp_path / 'run')) == run_config.to_dict(config)
   deadline = time.monotonic() + 120  # Drawn by a child process after the run returns.
@@ -73,8 +79,8 @@ def test_how_an_epoch_is_split_into_calls_changes_no_reported_number(tmp_path, m
     )
     for calls in (0, 2)
   ]
-  numbers = EPOCH_KEYS - {'epoch', 'epoch_seconds', 'examples_per_sec'}
-  whole, split = ([{k: e[k] for k in numbers} for e in r['epochs']] for r in results)
+  numbers = EPOCH_KEYS - {'examples_per_sec', 'train_seconds', 'elapsed_seconds'}
+  whole, split = ([{k: e[k] for k in numbers} for e in r['records']] for r in results)
   for a, b in zip(whole, split, strict=True):
     for key in numbers:
       np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)

@@ -72,26 +72,3 @@ def init_state(
     )
 
   return fresh(variables, config.seed)
-
-
-def init_trials(
-  configs: list[ml_collections.ConfigDict], info: DatasetInfo, steps_per_epoch: int
-) -> tuple[steps.Model, dict | None, steps.TrainState]:
-  """The model the trials share, their rates (trial,) and their states stacked on axis 0.
-
-  A lone trial trains without a trial axis (rates None): XLA's batched matmuls are slower than
-  plain ones.
-  """
-  built = [build_model(config, info, steps_per_epoch) for config in configs]
-  states = [init_state(c, *model_vars) for c, model_vars in zip(configs, built, strict=True)]
-  model = built[0][0]
-  if len(configs) == 1:
-    return model, None, states[0]
-  rates = {
-    'network_rates': {
-      name: jnp.array([m.network_rates[name] for m, _ in built], jnp.float32)
-      for name in model.network_rates
-    },
-    'label_smoothing': jnp.array([m.label_smoothing for m, _ in built], jnp.float32),
-  }
-  return model, rates, jax.tree.map(lambda *xs: jnp.stack(xs), *states)

@@ -16,8 +16,8 @@ from ml_collections import config_dict
 
 from input_pipeline.errors import UserError
 from mlp.core import models
-from mlp.core.fields import Field, Role, at_least, choice, fraction, positive
-from mlp.core.optimizer import SCHEDULES
+from mlp.core.fields import Field, Role, at_least, choice, fraction, positive, seed
+from mlp.core.optimizer import OPTIMIZERS, SCHEDULES
 
 _TOP = {
   'model': Field(
@@ -27,7 +27,7 @@ _TOP = {
     lambda name: name in models.REGISTRY,
     f'one of {", ".join(models.REGISTRY)}',
   ),
-  'seed': Field(0, Role.TRACED, 'Parameter initialisation, dropout and distortions.'),
+  'seed': seed(Role.TRACED, 'Parameter initialisation, dropout and distortions.'),
 }
 _DATA = {
   'name': Field(
@@ -40,20 +40,50 @@ _DATA = {
   'validation_fraction': fraction(
     0.1, Role.SPLIT, 'Share of the train split held out, fixed by data.seed.', closed=False
   ),
-  'seed': Field(0, Role.SPLIT, 'Picks the validation split and every epoch training order.'),
+  'seed': seed(Role.SPLIT, 'Picks the validation split and every epoch training order.'),
 }
 _OPTIM = {
+  'optimizer': choice(
+    'adam',
+    OPTIMIZERS,
+    Role.RESULT,
+    "Update rule; 'adam' with weight_decay > 0 decays as AdamW does.",
+    same_as_before=True,
+  ),
   'batch_size': positive(100, Role.RESULT, 'Global batch; must divide over the devices.'),
   'num_epochs': positive(10, Role.LENGTH, 'Epochs to train; a resume may raise it.'),
-  'learning_rate': positive(1e-3, Role.TRACED, "Adam's step size (the peak of a schedule)."),
+  'learning_rate': positive(1e-3, Role.TRACED, 'Step size (the peak of a schedule).'),
+  'beta1': fraction(
+    0.9, Role.RESULT, 'Decay of the first moment (adam, adamw, lion).', same_as_before=True
+  ),
+  'beta2': fraction(
+    0.999, Role.RESULT, 'Decay of the second moment (adam, adamw, lion).', same_as_before=True
+  ),
+  'momentum': fraction(0.9, Role.RESULT, "sgd's momentum; 0: plain SGD.", same_as_before=True),
+  'nesterov': Field(False, Role.RESULT, "sgd: Nesterov's momentum.", same_as_before=True),
   'weight_decay': at_least(
-    0.0, 0.0, Role.TRACED, "AdamW's decoupled decay of weight matrices; 0: plain Adam."
+    0.0, 0.0, Role.TRACED, 'Decoupled decay of weight matrices (biases are not decayed).'
   ),
   'schedule': choice(
-    'constant', SCHEDULES, Role.RESULT, "Learning-rate shape: 'constant', or 'cosine' to 0."
+    'constant',
+    SCHEDULES,
+    Role.RESULT,
+    'Learning-rate shape after warm-up: constant, cosine to 0, or onecycle (cosine up, then down).',
   ),
-  'warmup_epochs': at_least(0.0, 0.0, Role.RESULT, 'Linear warm-up from 0 over these epochs.'),
+  'warmup_epochs': at_least(0.0, 0.0, Role.RESULT, 'Linear warm-up from 0 (onecycle: its rise).'),
   'label_smoothing': fraction(0.0, Role.TRACED, 'Share of each target spread over all classes.'),
+  'clip_grad_norm': at_least(
+    0.0, 0.0, Role.RESULT, 'Clips the global gradient norm to this; 0: off.', same_as_before=True
+  ),
+  'accumulate_steps': positive(
+    1, Role.RESULT, 'Batches whose mean gradient makes one update; 1: off.', same_as_before=True
+  ),
+  'ema_decay': fraction(
+    0.0,
+    Role.RESULT,
+    'Evaluate an average of the weights; 0: off (0.999: typical).',
+    same_as_before=True,
+  ),
 }
 # Random distortions of training images on the device (mlp/core/augment.py), each drawn in [-x, x]
 # per image; all 0: none, as in the notebook.
@@ -79,7 +109,10 @@ _RUN = {
   ),
   'cache_dir': Field(None, Role.EXECUTION, 'None: $XDG_CACHE_HOME/mnist-jax.', kind=str),
   'compilation_cache': Field(True, Role.EXECUTION, "JAX's persistent compilation cache."),
-  'checkpoint_every_epochs': at_least(0, 1, Role.EXECUTION, '0 turns checkpoints off.'),
+  'eval_every_steps': at_least(0, 0, Role.EXECUTION, 'Validate every this many steps; 0: epochs.'),
+  'log_every_steps': at_least(0, 0, Role.EXECUTION, 'Record train means this often; 0: epochs.'),
+  'checkpoint_every_steps': at_least(0, 0, Role.EXECUTION, 'Also checkpoint this often; 0: off.'),
+  'checkpoint_every_epochs': at_least(0, 1, Role.EXECUTION, '0 turns epoch checkpoints off.'),
   'keep_checkpoints': positive(2, Role.EXECUTION, 'How many of the latest stay on disk.'),
   'pictures': Field(True, Role.EXECUTION, 'Draw the curves and test pictures after training.'),
 }

@@ -53,23 +53,32 @@ class Field:
     return self.same_as_before or self.role in (Role.EXECUTION, Role.LENGTH)
 
 
-def positive(default: float, role: Role, doc: str) -> Field:
-  return Field(default, role, doc, lambda value: value > 0, 'a positive number')
+def positive(default: float, role: Role, doc: str, **options) -> Field:
+  return Field(default, role, doc, lambda value: value > 0, 'a positive number', **options)
 
 
-def at_least(low: float, default: float, role: Role, doc: str) -> Field:
-  return Field(default, role, doc, lambda value: value >= low, f'{low} or more')
+def at_least(low: float, default: float, role: Role, doc: str, **options) -> Field:
+  return Field(default, role, doc, lambda value: value >= low, f'{low} or more', **options)
 
 
-def fraction(default: float, role: Role, doc: str, closed: bool = True) -> Field:
+def fraction(default: float, role: Role, doc: str, closed: bool = True, **options) -> Field:
   """A value in [0, 1), or in (0, 1) where closed is False."""
   if closed:
-    return Field(default, role, doc, lambda value: 0 <= value < 1, 'in [0, 1)')
-  return Field(default, role, doc, lambda value: 0 < value < 1, 'in (0, 1)')
+    return Field(default, role, doc, lambda value: 0 <= value < 1, 'in [0, 1)', **options)
+  return Field(default, role, doc, lambda value: 0 < value < 1, 'in (0, 1)', **options)
 
 
-def choice(default: str, options: tuple[str, ...], role: Role, doc: str) -> Field:
-  return Field(default, role, doc, lambda value: value in options, f'one of {", ".join(options)}')
+def choice(default: str, options: tuple[str, ...], role: Role, doc: str, **more) -> Field:
+  return Field(
+    default, role, doc, lambda value: value in options, f'one of {", ".join(options)}', **more
+  )
+
+
+def seed(role: Role, doc: str) -> Field:
+  """A seed: what jax.random.key and NumPy's generators both take."""
+  return Field(
+    0, role, doc, lambda value: isinstance(value, int) and 0 <= value < 2**31, 'in [0, 2**31)'
+  )
 
 
 def widths(default: tuple[int, ...], role: Role, doc: str) -> Field:

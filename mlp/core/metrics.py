@@ -2,8 +2,8 @@
 
 A metric per example maps (logits, labels) to one value per example; steps add them up over the
 unmasked examples and the summary divides by the example count, so its mean is exact across
-steps, batches, calls and devices. A metric at the epoch's end is measured once, after the
-epoch's last step, on its last batch: it does not depend on how the epoch was split into calls.
+steps, batches, calls and devices. A last-batch metric is measured once per record, after its
+last step, on that step's batch: it does not depend on how the steps were split into calls.
 Training, evaluation, the summaries and the tests all follow from the two tables below: adding
 top-2 accuracy everywhere is one line in PER_EXAMPLE.
 """
@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Sums = dict[str, jax.Array]
@@ -46,8 +47,8 @@ PER_EXAMPLE = (
 
 
 @dataclasses.dataclass(frozen=True)
-class AtEpochEnd:
-  """A metric of the state after the epoch's last step: value(grads, state, model) -> scalar.
+class LastBatch:
+  """A metric of the state after a record's last step: value(grads, state, model) -> scalar.
 
   grads are the last batch's gradients without dropout or distortions.
   """
@@ -56,11 +57,11 @@ class AtEpochEnd:
   value: Callable
 
 
-AT_EPOCH_END = (
-  AtEpochEnd('grad_norm', lambda grads, state, model: optax.tree.norm(grads)),
-  AtEpochEnd('param_norm', lambda grads, state, model: optax.tree.norm(state.params)),
-  # The rate the epoch's last update used, schedule included.
-  AtEpochEnd(
+LAST_BATCH = (
+  LastBatch('grad_norm', lambda grads, state, model: optax.tree.norm(grads)),
+  LastBatch('param_norm', lambda grads, state, model: optax.tree.norm(state.params)),
+  # The rate the last update used, schedule included.
+  LastBatch(
     'learning_rate', lambda grads, state, model: model.learning_rate(state.opt_state, state.step)
   ),
 )
@@ -81,18 +82,19 @@ def add(a: Sums, b: Sums) -> Sums:
   return jax.tree.map(jnp.add, a, b)
 
 
-def summarize(sums: Sums, prefix: str = '', at_end: Sums | None = None) -> dict | list[dict]:
-  """Per-example means (and the epoch-end values), as floats on the host, names prefixed.
-
-  Arrays with a leading trial axis (a sweep's) give a list of dicts, one per trial.
-  """
+def summarize(sums: Sums, prefix: str = '', last_batch: Sums | None = None) -> dict[str, float]:
+  """Per-example means (and the last-batch values), as floats on the host, names prefixed."""
   host = jax.device_get(sums)
-  end = jax.device_get(at_end or {})
+  end = jax.device_get(last_batch or {})
   count = host[COUNT].astype('float64')
-  if count.ndim:
-    return [
-      summarize({k: v[i] for k, v in host.items()}, prefix, {k: v[i] for k, v in end.items()})
-      for i in range(len(count))
-    ]
   means = {f'{prefix}{m.name}': float(host[m.name] / count) for m in PER_EXAMPLE}
-  return means | {m.name: float(end[m.name]) for m in AT_EPOCH_END if m.name in end}
+  return means | {m.name: float(end[m.name]) for m in LAST_BATCH if m.name in end}
+
+
+def diverged(train_loss: float, num_classes: int) -> bool:
+  """Whether a mean training loss says the run has diverged.
+
+  Guessing uniformly scores ln(classes), about where an untrained network starts; ten times
+  that is confidently wrong on most examples, which only a run whose updates blew up reaches.
+  """
+  return bool(not np.isfinite(train_loss) or train_loss > 10 * np.log(num_classes))

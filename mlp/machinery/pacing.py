@@ -14,6 +14,8 @@ nothing. How a run is paced never changes its numbers (run.steps_per_call is an 
 import hashlib
 import json
 import os
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +37,7 @@ PROBE_SECONDS = 0.05
 # A way that is this many times slower on one timed call has lost; no more repeats of it.
 LOST_FACTOR = 3.0
 CACHE_FILE = 'pacing.json'
+REPEATS = 3  # Timed calls of each way, after a compiling one.
 
 
 def _key(config) -> str:
@@ -60,6 +63,30 @@ def _read_cache(path: Path) -> dict:
     return {}
 
 
+def timer(call: Callable, state, batches) -> Callable[[int, float | None], float]:
+  """seconds_per_step(steps, limit): the median seconds per step of calls of `steps` steps.
+
+  call(state, indices, mask) trains the steps of indices and mask (steps, batch) in one call;
+  batches are epoch 1's. The calls run after a first (compiling) one, on a copy of the state
+  (they donate it); a call slower than limit per step ends the timing there.
+  """
+
+  def seconds_per_step(steps: int, limit: float | None) -> float:
+    indices, mask = (x[:steps] for x in batches)
+    copy = jax.tree.map(lambda x: x.copy(), state)
+    times = []
+    for _ in range(REPEATS + 1):
+      start = time.perf_counter()
+      copy, sums = call(copy, indices, mask)
+      jax.block_until_ready((copy, sums))
+      times.append((time.perf_counter() - start) / steps)
+      if limit is not None and len(times) > 1 and times[-1] > limit:
+        break
+    return statistics.median(times[1:])
+
+  return seconds_per_step
+
+
 def _measure(config, seconds_per_step: Callable) -> dict[str, float]:
   """Both ways' seconds per step, from the cache or measured (and then cached)."""
   path, key = _cache_path(config), _key(config)
@@ -78,12 +105,11 @@ def _measure(config, seconds_per_step: Callable) -> dict[str, float]:
   return times
 
 
-def steps_per_call(config, steps_per_epoch: int, seconds_per_step: Callable[[int], float]) -> int:
+def steps_per_call(config, steps_per_epoch: int, seconds_per_step: Callable) -> int:
   """run.steps_per_call if set; else the measured choice (see the module docstring).
 
-  seconds_per_step(n, limit) times calls of n steps; it may stop timing once a call's seconds
-  per step exceed limit (that way has clearly lost). With several processes, process 0's choice
-  holds.
+  seconds_per_step(n, limit) times calls of n steps (`timer`). With several processes, process
+  0's choice holds.
   """
   if config.run.steps_per_call:
     return config.run.steps_per_call

@@ -45,12 +45,15 @@ def tag(name: str) -> str:
 
 
 def format_line(label: str, scalars: dict[str, float]) -> str:
-  """The console line of a record: 'Epoch 2/10 - train_loss: 0.1234 - ...'; label says the epoch."""
+  """The console line of a record: 'Step 1080/5400 (epoch 2) - train_loss: 0.1234 - ...'; the
+  label says the step and epoch."""
 
   def number(value: float) -> str:
     return f'{value:,.0f}' if abs(value) >= 1000 else f'{value:.4g}'
 
-  values = (f'{name}: {number(value)}' for name, value in scalars.items() if name != 'epoch')
+  values = (
+    f'{name}: {number(value)}' for name, value in scalars.items() if name not in ('step', 'epoch')
+  )
   return ' - '.join([label, *values])
 
 
@@ -95,7 +98,7 @@ class Metrics:
     logging.info('%s', format_line(label, scalars) + (f' - {note}' if note else ''))
     self.records.append(scalars)
     if self._writer is not None:
-      values = [summary.scalar(tag(n), v) for n, v in scalars.items() if n != 'epoch']
+      values = [summary.scalar(tag(n), v) for n, v in scalars.items() if n not in ('step', 'epoch')]
       self._write_events(values, step)
       self._write_file()
 

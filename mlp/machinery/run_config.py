@@ -17,7 +17,7 @@ from mlp.core.fields import Role
 from mlp.machinery import files
 
 CONFIG_FILE = 'config.json'
-_WARNED: set[str] = set()  # config.json files whose difference from this code was told once.
+_WARNED: set[str] = set()  # config.json files whose dropped fields were told once.
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -53,18 +53,10 @@ def load(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
       f'{path} has no {", ".join(refused)}, which this code needs to reproduce the run; '
       'train it again with this code into a new workdir.'
     )
-  if (missing or unknown) and str(path) not in _WARNED:
+  # Fields added since fill in silently: they behave as the run did. Dropped ones are told.
+  if unknown and str(path) not in _WARNED:
     _WARNED.add(str(path))
-    logging.warning(
-      '%s was written by other code: %s.',
-      path,
-      '; '.join(
-        [
-          *([f'defaults fill in {", ".join(missing)}'] if missing else []),
-          *([f'ignoring {", ".join(unknown)}'] if unknown else []),
-        ]
-      ),
-    )
+    logging.warning('%s was written by other code: ignoring %s.', path, ', '.join(unknown))
   values = {key: value for key, value in values.items() if key not in unknown}
   try:
     for key, value in values.items():

@@ -26,7 +26,7 @@ import input_pipeline
 from input_pipeline.errors import UserError
 from mlp.core import configuration, trainer
 from mlp.machinery import devices, limits, lock
-from mlp.tools import ab, fields, flops
+from mlp.tools import ab, fields, flops, sweep
 
 _compile_seconds = [0.0]
 
@@ -55,9 +55,12 @@ def epoch_timer(
   configs = [config.copy_and_resolve_references() for _ in range(num_models)]
   for seed, trial in enumerate(configs):
     trial.seed = seed if num_models > 1 else config.seed
-  run, state = trainer.setup(configs, info, split, mesh=mesh)
+  steps_per_epoch = -(-len(split) // config.optim.batch_size)
+  model, values, state = sweep.init_trials(configs, info, steps_per_epoch)
+  programs = sweep.trial_programs(model, values, mesh or devices.make_mesh())
+  tr, state = trainer.make_trainer(configs[0], programs, state, split)
   compile_before = _compile_seconds[0]
-  state, sums = trainer.run_epoch(run, state, epoch=1)  # Warm-up.
+  state, sums = trainer.train_epoch(tr, state, epoch=1)  # Warm-up.
   jax.block_until_ready((state, sums))
   compile_seconds = _compile_seconds[0] - compile_before
   epochs = itertools.count(2)
@@ -65,7 +68,7 @@ def epoch_timer(
   def time_epoch() -> float:
     nonlocal state
     start = time.perf_counter()
-    state, sums = trainer.run_epoch(run, state, next(epochs))
+    state, sums = trainer.train_epoch(tr, state, next(epochs))
     jax.block_until_ready((state, sums))
     return time.perf_counter() - start
 

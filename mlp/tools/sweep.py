@@ -26,28 +26,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 import input_pipeline
 from input_pipeline.errors import UserError
-from mlp.core import configuration, trainer
+from mlp.core import build, configuration, metrics, steps, trainer
 from mlp.core.fields import Role
-from mlp.machinery import files, lock
+from mlp.machinery import devices, files, lock
+from mlp.tools import fields
 
 RESULTS_FILE = 'sweep.jsonl'
 TABLE_FILE = 'sweep.md'
 BEST_CONFIG_FILE = 'best_config.py'
 DISTRIBUTIONS = ('choice', 'uniform', 'log_uniform')
-# The fields of a shared sweep (mlp/tools/study.py); with no storage the sweep is this process's.
-SHARED_DEFAULTS = {
-  'storage': '',
-  'study_name': 'sweep',
-  'sampler': 'random',
-  'pruner': 'median',
-  'heartbeat_seconds': 10,
-}
 
 
 def expand(search: dict) -> list[dict]:
@@ -118,12 +112,58 @@ def program_key(config: ml_collections.ConfigDict) -> str:
 EpochCallback = Callable[[int, list[int], list[float]], list[bool]]
 
 
+def init_trials(configs: list[ml_collections.ConfigDict], info, steps_per_epoch: int):
+  """The model the trials share, their traced values (trial,) and their states stacked on axis 0.
+
+  A lone trial trains without a trial axis (values None): XLA's batched matmuls are slower than
+  plain ones.
+  """
+  built = [build.build_model(config, info, steps_per_epoch) for config in configs]
+  states = [build.init_state(c, *mv) for c, mv in zip(configs, built, strict=True)]
+  model = built[0][0]
+  if len(configs) == 1:
+    return model, None, states[0]
+  values = {
+    'network_rates': {
+      name: jnp.array([m.network_rates[name] for m, _ in built], jnp.float32)
+      for name in model.network_rates
+    },
+    'label_smoothing': jnp.array([m.label_smoothing for m, _ in built], jnp.float32),
+  }
+  return model, values, jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def trial_programs(model: steps.Model, values: dict | None, mesh) -> trainer.Programs:
+  """The trainer's programs, each step function vmapped over the trials' values and states."""
+  if values is None:
+    return trainer.compile_programs(model, mesh)
+
+  def over_trials(function):
+    def run(state, *data):
+      return jax.vmap(lambda v, s: function(model.replace(**v), s, *data))(values, state)
+
+    return run
+
+  return trainer.compile_programs(model, mesh, over_trials)
+
+
+def _per_trial(sums, prefix: str, values: dict | None, last_batch=None) -> list[dict]:
+  if values is None:
+    return [metrics.summarize(sums, prefix, last_batch)]
+  count = len(values['label_smoothing'])
+  pick = lambda tree, i: jax.tree.map(lambda x: x[i], tree)  # noqa: E731
+  return [
+    metrics.summarize(pick(sums, i), prefix, last_batch and pick(last_batch, i))
+    for i in range(count)
+  ]
+
+
 def train_trials(
   configs: list[ml_collections.ConfigDict],
   splits: input_pipeline.Splits,
   on_epoch: EpochCallback | None = None,
 ):
-  """Trains trials that share a program key at once, on the trainer's epochs; their metrics.
+  """Trains trials that share a program key at once, epoch by epoch; their metrics.
 
   A trial whose training loss diverges is reported as such; the program stops once all have.
   A trial that on_epoch stops (a pruned one) leaves the program, compiled again without it, so
@@ -131,45 +171,50 @@ def train_trials(
   """
   config = configs[0]
   start = time.perf_counter()
-  run, state = trainer.setup(configs, splits.info, splits.train, splits.validation)
+  steps_per_epoch = -(-len(splits.train) // config.optim.batch_size)
+  model, values, state = init_trials(configs, splits.info, steps_per_epoch)
+  mesh = devices.make_mesh()
+  programs = trial_programs(model, values, mesh)
+  tr, state = trainer.make_trainer(config, programs, state, splits.train, splits.validation)
   active = list(range(len(configs)))  # Indices of the trials still in the program.
   history = [[] for _ in configs]
   results = [{} for _ in configs]
   done = 0
   while active and done < config.optim.num_epochs:
-    for epoch in trainer.epochs(run, state, done + 1, config.optim.num_epochs):
-      state, records, done = epoch.state, _per_trial(epoch.record), epoch.number
-      for i, record in zip(active, records, strict=True):
-        history[i].append(record['val_accuracy'])
-        results[i] = {k: v for k, v in record.items() if k != 'epoch'}
-        results[i].update(
-          epochs_trained=done,
-          diverged=trainer.diverged(record['train_loss'], splits.info.num_classes),
-        )
-      logging.info(
-        '%d trials, epoch %d/%d, %.1fs: best val_accuracy %.4f',
-        len(active),
-        done,
-        config.optim.num_epochs,
-        time.perf_counter() - start,
-        np.nanmax([r['val_accuracy'] for r in records]),
-      )
-      if all(results[i]['diverged'] for i in active):
-        logging.warning('Every trial of this program diverged in epoch %d; stopping it.', done)
-        done = config.optim.num_epochs  # Ends the program; its trials are still tested.
-        break
-      accuracies = [r['val_accuracy'] for r in records]
-      goes_on = on_epoch(done, active, accuracies) if on_epoch else [True] * len(active)
-      if not all(goes_on):
-        for j in np.flatnonzero(~np.asarray(goes_on)):
-          results[active[j]]['stopped_at_epoch'] = done
-        kept = np.flatnonzero(goes_on)
-        active = [active[j] for j in kept]
-        if active:
-          run, state = _without_others(run, state, kept)
-        break  # Into the epochs of the program rebuilt without the stopped trials.
+    done += 1
+    state, sums = trainer.train_epoch(tr, state, done)
+    last_batch = trainer.last_batch_metrics(tr, state, done * steps_per_epoch)
+    train = _per_trial(sums, 'train_', values, last_batch)
+    val = _per_trial(tr.programs.evaluate(state.variables, *tr.validation), 'val_', values)
+    records = [t | v for t, v in zip(train, val, strict=True)]
+    for i, record in zip(active, records, strict=True):
+      history[i].append(record['val_accuracy'])
+      diverged = metrics.diverged(record['train_loss'], splits.info.num_classes)
+      results[i] = {**record, 'epochs_trained': done, 'diverged': diverged}
+    logging.info(
+      '%d trials, epoch %d/%d, %.1fs: best val_accuracy %.4f',
+      len(active),
+      done,
+      config.optim.num_epochs,
+      time.perf_counter() - start,
+      np.nanmax([r['val_accuracy'] for r in records]),
+    )
+    if all(results[i]['diverged'] for i in active):
+      logging.warning('Every trial of this program diverged in epoch %d; stopping it.', done)
+      break  # Its trials are still tested.
+    accuracies = [r['val_accuracy'] for r in records]
+    goes_on = on_epoch(done, active, accuracies) if on_epoch else [True] * len(active)
+    if not all(goes_on):
+      for j in np.flatnonzero(~np.asarray(goes_on)):
+        results[active[j]]['stopped_at_epoch'] = done
+      kept = np.flatnonzero(goes_on)
+      active = [active[j] for j in kept]
+      if active:
+        values, state = jax.tree.map(lambda x, kept=kept: x[kept], (values, state))
+        tr = dataclasses.replace(tr, programs=trial_programs(model, values, mesh))
   if active:
-    test = _per_trial(trainer.evaluate(run, state.variables, splits.test, 'test_'))
+    test_data = trainer.place_eval_data(config, splits.test, mesh)
+    test = _per_trial(tr.programs.evaluate(state.variables, *test_data), 'test_', values)
     for i, test_metrics in zip(active, test, strict=True):
       results[i].update(test_metrics)
   seconds = time.perf_counter() - start
@@ -182,21 +227,6 @@ def train_trials(
     }
     for result, accuracies in zip(results, history, strict=True)
   ]
-
-
-def _per_trial(record) -> list[dict]:
-  return record if isinstance(record, list) else [record]
-
-
-def _without_others(run: trainer.Trainer, state, kept: np.ndarray):
-  """The trainer and state of the trials at indices kept only, the program compiled for them."""
-
-  def keep(tree):
-    return jax.tree.map(lambda x: x[kept], tree)
-
-  rates = keep(run.trial_rates)
-  programs = trainer.compile_programs(run.model, run.mesh, rates)
-  return dataclasses.replace(run, trial_rates=rates, programs=programs), keep(state)
 
 
 def rank(records: list[dict]) -> list[dict]:
@@ -255,12 +285,11 @@ Written by python main.py --mode=sweep; train it with:
 
 import ml_collections
 
-from mlp.core import configuration
-from mlp.tools import fields
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = configuration.defaults(fields.GROUPS)
+  config = default.get_config()
 {assignments}  return config
 '''
 
@@ -336,9 +365,10 @@ def _batches(trials: dict, records: dict, max_parallel: int) -> list[list[str]]:
 
 def run(config: ml_collections.ConfigDict | None, workdir: str | Path | None = None) -> dict:
   """Trains the sweep's trials not yet in workdir, writes the results; returns the best record."""
-  if config is None or 'sweep' not in config:
-    raise UserError('--mode=sweep needs a config with a sweep section: --config=configs/sweep.py.')
-  search = {**SHARED_DEFAULTS, **config.sweep.to_dict()}
+  configuration.check(config, fields.paths('sweep'))
+  search = config.sweep.to_dict()
+  if not search['grid'] and not search['random']:
+    raise UserError('--mode=sweep needs sweep.grid or sweep.random: --config=configs/sweep.py.')
   search.update(grid=_flatten(search['grid']), random=_flatten(search['random']))
   _check(search)
   if search['storage']:

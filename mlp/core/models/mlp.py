@@ -7,11 +7,20 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mlp.core.fields import Field, Role, fraction, widths
+from mlp.core.fields import Role, choice, fraction, widths
 
-
-def _is_activation(name: str) -> bool:
-  return callable(getattr(jax.nn, name, None))
+ACTIVATIONS = (
+  'relu',
+  'gelu',
+  'silu',
+  'tanh',
+  'sigmoid',
+  'elu',
+  'celu',
+  'selu',
+  'leaky_relu',
+  'softplus',
+)
 
 
 class MLP(nnx.Module):
@@ -23,12 +32,8 @@ class MLP(nnx.Module):
 
   FIELDS = {
     'hidden_sizes': widths((50, 50), Role.RESULT, 'Widths of the hidden Dense layers.'),
-    'activation': Field(
-      'relu',
-      Role.RESULT,
-      'Any jax.nn activation: relu, gelu, silu, tanh, ...',
-      _is_activation,
-      'the name of a jax.nn function such as relu, gelu or tanh',
+    'activation': choice(
+      'relu', ACTIVATIONS, Role.RESULT, 'The jax.nn function after each hidden layer.'
     ),
     'dropout_rate': fraction(
       0.0, Role.TRACED, 'Dropout after each hidden layer (the notebook had none).'
