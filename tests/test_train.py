@@ -84,3 +84,29 @@ def test_how_an_epoch_is_split_into_calls_changes_no_reported_number(tmp_path, m
   for a, b in zip(whole, split, strict=True):
     for key in numbers:
       np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)
+
+
+def test_records_come_every_n_steps_and_carry_step_and_epoch(tmp_path, mock_mnist):
+  every = {'run.log_every_steps': 2, 'run.eval_every_steps': 4, 'run.checkpoint_every_steps': 4}
+  config = tiny_config(tmp_path, {'optim.num_epochs': 2, **every})
+  records = train.train_and_evaluate(config, tmp_path / 'run')['records']
+  per_epoch = records[-1]['step'] // 2
+  assert [r['step'] for r in records] == list(range(2, 2 * per_epoch + 1, 2))
+  assert [r['epoch'] for r in records] == [-(-r['step'] // per_epoch) for r in records]
+  for r in records:
+    assert 'train_loss' in r
+    assert ('val_loss' in r) == (r['step'] % 4 == 0 or r['step'] == 2 * per_epoch)
+  saved = sorted(int(p.name) for p in (tmp_path / 'run' / 'checkpoints').iterdir())
+  assert saved[-1] == 2 * per_epoch and all(s % 4 == 0 or s % per_epoch == 0 for s in saved)
+
+
+def test_a_run_resumed_from_a_step_checkpoint_reports_what_one_run_does(tmp_path, mock_mnist):
+  every = {'run.log_every_steps': 3, 'run.eval_every_steps': 3, 'run.checkpoint_every_steps': 3}
+  straight = train.train_and_evaluate(
+    tiny_config(tmp_path, {'optim.num_epochs': 2, **every}), tmp_path / 'straight'
+  )
+  train.train_and_evaluate(tiny_config(tmp_path, {'optim.num_epochs': 1, **every}), tmp_path / 'b')
+  resumed = train.train_and_evaluate(
+    tiny_config(tmp_path, {'optim.num_epochs': 2, **every}), tmp_path / 'b'
+  )
+  assert numbers_of(resumed) == numbers_of(straight)

@@ -76,6 +76,8 @@ def read_records(workdir: files.AnyPath, steps_per_epoch: int) -> list[dict]:
       continue
     try:
       record = json.loads(line)
+      if any(name.startswith('test_') for name in record):
+        continue  # The test line: written again at the end.
       record = {'step': record['epoch'] * steps_per_epoch, **record}
       whole = isinstance(record['step'], int) and record['step'] > (
         records[-1]['step'] if records else 0
@@ -90,8 +92,7 @@ def read_records(workdir: files.AnyPath, steps_per_epoch: int) -> list[dict]:
         number,
       )
       break
-    if not any(name.startswith('test_') for name in record):
-      records.append(record)
+    records.append(record)
   return records
 
 
