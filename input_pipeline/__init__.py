@@ -22,7 +22,7 @@ from absl import logging
 from etils import epath
 
 from input_pipeline import mnist_files
-from input_pipeline.errors import UserError
+from input_pipeline.errors import PREPARED_COPY, UserError
 
 # Where tfds downloads MNIST from; checked before a download is tried.
 DOWNLOAD_HOST = 'storage.googleapis.com'
@@ -174,13 +174,12 @@ def _check_tensorflow(name: str, data_dir: Path) -> None:
 def _check_can_download(name: str, data_dir: Path, download: bool) -> None:
   """Fails in seconds where tfds would retry a download for minutes and then fail."""
   where = f'No prepared {name!r} dataset in {data_dir}'
-  how = 'set --config.data.dir or TFDS_DATA_DIR to a tfds data directory that has it'
   if not download:
-    raise UserError(f'{where}; {how}.')
+    raise UserError(f'{where}; {PREPARED_COPY}.')
   try:
     socket.create_connection((DOWNLOAD_HOST, 443), timeout=5).close()
   except OSError as error:
-    raise UserError(f'{where}, and no network to download it ({error}); {how}.') from None
+    raise UserError(f'{where}, and no network to download it ({error}); {PREPARED_COPY}.') from None
 
 
 # MNIST without TensorFlow (Colab's TPU runtime): tfds needs TensorFlow to prepare MNIST, so
