@@ -157,7 +157,7 @@ def _read_prepared(name: str, split: str, data_dir: Path, download: bool) -> Spl
     first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
     raise UserError(
       f'The {name!r} copy in {data_dir} cannot be read ({type(error).__name__}: {first}); '
-      'prepare it again (README: "The data directory") or point --config.data.dir elsewhere.'
+      'prepare it again (docs/data.md) or point --config.data.dir elsewhere.'
     ) from None
 
 
@@ -167,7 +167,7 @@ def _check_tensorflow(name: str, data_dir: Path) -> None:
     raise UserError(
       f'The {name!r} copy in {data_dir} is in tfrecord form, which only TensorFlow reads; '
       'install it (pip install -r requirements-dev.txt), or use an array_record copy or, for '
-      'MNIST, its original files (README: "The data directory").'
+      'MNIST, its original files (docs/data.md).'
     )
 
 
