@@ -22,7 +22,7 @@ from absl import logging
 from etils import epath
 
 from input_pipeline import mnist_files
-from input_pipeline.errors import UserError
+from input_pipeline.errors import PREPARED_COPY, UserError
 
 # Where tfds downloads MNIST from; checked before a download is tried.
 DOWNLOAD_HOST = 'storage.googleapis.com'
@@ -164,7 +164,7 @@ def _read_prepared(name: str, split: str, data_dir: Path, download: bool) -> Spl
     first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
     raise UserError(
       f'The {name!r} copy in {data_dir} cannot be read ({type(error).__name__}: {first}); '
-      'prepare it again (README: "The data directory") or point --config.data.dir elsewhere.'
+      'prepare it again (docs/data.md) or point --config.data.dir elsewhere.'
     ) from None
 
 
@@ -174,20 +174,19 @@ def _check_tensorflow(name: str, data_dir: Path) -> None:
     raise UserError(
       f'The {name!r} copy in {data_dir} is in tfrecord form, which only TensorFlow reads; '
       'install it (pip install -r requirements-dev.txt), or use an array_record copy or, for '
-      'MNIST, its original files (README: "The data directory").'
+      'MNIST, its original files (docs/data.md).'
     )
 
 
 def _check_can_download(name: str, data_dir: Path, download: bool) -> None:
   """Fails in seconds where tfds would retry a download for minutes and then fail."""
   where = f'No prepared {name!r} dataset in {data_dir}'
-  how = 'set --config.data.dir or TFDS_DATA_DIR to a tfds data directory that has it'
   if not download:
-    raise UserError(f'{where}; {how}.')
+    raise UserError(f'{where}; {PREPARED_COPY}.')
   try:
     socket.create_connection((DOWNLOAD_HOST, 443), timeout=5).close()
   except OSError as error:
-    raise UserError(f'{where}, and no network to download it ({error}); {how}.') from None
+    raise UserError(f'{where}, and no network to download it ({error}); {PREPARED_COPY}.') from None
 
 
 # MNIST without TensorFlow (Colab's TPU runtime): tfds needs TensorFlow to prepare MNIST, so

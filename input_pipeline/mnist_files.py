@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
-from input_pipeline.errors import UserError
+from input_pipeline.errors import PREPARED_COPY, UserError
 
 # Images, then labels, of each split, as tfds's MNIST builder names them.
 FILES = {
@@ -44,8 +44,9 @@ def _check_reachable(url: str, manual_dir: Path) -> None:
     socket.create_connection((parsed.hostname, port), timeout=5).close()
   except OSError as error:
     raise UserError(
-      f'No network to download MNIST from {parsed.hostname} ({error}); connect, or put the'
-      f' files {", ".join(sorted(n for pair in FILES.values() for n in pair))} in {manual_dir}.'
+      f'No network to download MNIST from {parsed.hostname} ({error}); connect, put the files'
+      f' {", ".join(sorted(n for pair in FILES.values() for n in pair))} in {manual_dir}, or'
+      f' {PREPARED_COPY}.'
     ) from None
 
 
@@ -116,5 +117,7 @@ def decode(split: str, images_path: Path, labels_path: Path) -> tuple[np.ndarray
 def load(split: str, download_dir: Path, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """A split of MNIST, 'train' or 'test', from its original files, downloaded where need be."""
   if not download:
-    raise UserError(f'MNIST is not prepared, and downloading it into {download_dir} is off.')
+    raise UserError(
+      f'MNIST is not prepared, and downloading it into {download_dir} is off; {PREPARED_COPY}.'
+    )
   return decode(split, *fetch(split, download_dir))

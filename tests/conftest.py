@@ -23,7 +23,7 @@ from mlp.core import configuration
 from mlp.tools import fields as tool_fields
 
 ROOT = Path(__file__).resolve().parents[1]
-# Real MNIST as CI and developers have it beside the checkout (see README); TFDS_DATA_DIR,
+# Real MNIST as CI and developers have it beside the checkout (docs/data.md); TFDS_DATA_DIR,
 # where set, points the real-data tests at another copy. The two tests that compare or need
 # the array_record format read it from TFDS_ARRAY_RECORD_DIR, else ../shared.
 SHARED = ROOT.parent / 'shared'
@@ -39,7 +39,7 @@ def require_data(path: Path) -> Path:
   (CI=true) it fails, so that a missing copy never passes as green."""
   if not (path / 'mnist').is_dir():
     message = (
-      f'needs a prepared MNIST in {path} (README: "The data directory"); set TFDS_DATA_DIR or '
+      f'needs a prepared MNIST in {path} (docs/data.md); set TFDS_DATA_DIR or '
       'TFDS_ARRAY_RECORD_DIR to another copy'
     )
     if os.environ.get('CI') == 'true':

@@ -57,7 +57,7 @@ FLOORS |= {'pad_40px_tall': 0.85, 'pad_60px_tall': 0.9, 'compact_number': 0.5}
 # reads as a whole at 54% but as the halves 6 and 2 at 99% each, which the number splitting
 # (tests of compact numbers: +5 to +10 points) then prefers; 93.3% before that splitting.
 FLOORS |= {'neighbour_or_box_line': 0.94}
-# Shares of each kind of non-digit that must be refused (see README, "No digit found").
+# Shares of each kind of non-digit that must be refused (docs/serving.md, "No digit found").
 NON_DIGIT_REFUSED = {'line': 0.95, 'dot': 0.95, 'scribble': 0.0, 'triangle': 0.0}
 NON_DIGIT_REFUSED |= {'square': 0.0, 'star': 0.0}
 NON_DIGIT_COUNT = 40

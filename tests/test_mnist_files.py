@@ -202,8 +202,10 @@ def test_files_in_the_manual_directory_need_no_network(tmp_path, monkeypatch):
 def test_no_network_fails_at_once_and_says_where_files_can_go(tmp_path, monkeypatch):
   monkeypatch.setattr(tfds.builder_cls('mnist'), 'URL', closed_port_url())
   start = time.perf_counter()
-  with pytest.raises(UserError, match=f'No network .* in {tmp_path / "downloads" / "manual"}'):
+  with pytest.raises(UserError, match=f'No network .* in {tmp_path / "downloads" / "manual"}') as e:
     mnist_files.load('test', tmp_path / 'downloads')
+  assert '--config.data.dir or TFDS_DATA_DIR' in str(e.value)
+  assert 'an array_record copy needs no TensorFlow' in str(e.value)
   assert time.perf_counter() - start < 10  # tfds's downloader alone retries for minutes.
 
 

@@ -34,9 +34,12 @@ def test_padded_batches_keep_every_example_once():
   assert sorted(labels[mask].tolist()) == list(range(23))
 
 
-def test_missing_data_names_the_directory(tmp_path):
-  with pytest.raises(UserError, match=str(tmp_path / 'empty')):
+def test_missing_data_names_the_directory_and_where_a_copy_can_come_from(tmp_path):
+  with pytest.raises(UserError, match=str(tmp_path / 'empty')) as error:
     input_pipeline.load_split('mnist', 'train', str(tmp_path / 'empty'), tmp_path, download=False)
+  message = str(error.value)
+  assert '--config.data.dir' in message and 'TFDS_DATA_DIR' in message
+  assert 'an array_record copy needs no TensorFlow' in message
 
 
 def test_epoch_order_visits_every_example_once_and_changes_per_epoch():

@@ -5,7 +5,7 @@ touch strokes on a phone, with a second finger; Undo, Clear, keys, a bad file's 
 widths and the time from a stroke's end to its answer. No reply is faked: every answer comes from
 the model. Needs Debian's chromium at /usr/bin/chromium (`apt-get install -y chromium`);
 Playwright drives it (its own browser download is not used). A missing browser fails the test.
-Set SERVE_SCREENSHOT=docs/serve_page.png to refresh the README's screenshot.
+Set SERVE_SCREENSHOT=docs/serve_page.png to refresh docs/serving.md's screenshot.
 """
 
 import base64

@@ -45,7 +45,8 @@ PROGRESS_SECONDS = 5.0
 MIN_PARALLEL = 64
 # Rejection: a digit the model gives less than this probability is no digit (the maximum softmax
 # probability baseline, Hendrycks & Gimpel 2017); chosen on the default run's validation split,
-# where it refuses 0.15% of the digits, two thirds of them read wrong (README, "No digit found").
+# where it refuses 0.15% of the digits, two thirds of them read wrong (docs/serving.md, "No digit
+# found").
 MIN_CONFIDENCE = 0.4
 # A reading of compact ink as k digits pays this much log-probability per digit beyond the first.
 SPLIT_COST = 0.2
@@ -162,7 +163,7 @@ def choose(
 
   probabilities: one row per input of every reading, in order. A reading's score is the
   log-probability that all its digits are what the model reads (its best classes' product),
-  less SPLIT_COST per digit beyond the first; the highest wins (see README, "Reading numbers").
+  less SPLIT_COST per digit beyond the first; the highest wins (docs/serving.md, "Reading numbers").
   """
   digits, rows, first = [], [], 0
   for slot in slots:
