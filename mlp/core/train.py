@@ -13,8 +13,17 @@ from absl import logging
 
 import input_pipeline
 from input_pipeline.errors import UserError
-from mlp.core import metrics, trainer
+from mlp.core import metrics
 from mlp.core.steps import TrainState
+from mlp.core.trainer import (
+  Trainer,
+  compile_programs,
+  last_batch_metrics,
+  place_eval_data,
+  setup,
+  train_steps,
+  validate,
+)
 from mlp.machinery import checkpoint, devices, reporting
 from mlp.machinery.run import Run
 
@@ -33,17 +42,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   with Run(config, workdir) as run:
     splits = input_pipeline.load_splits(config)
     logging.info('Data: %s.', splits)
-    tr, state = trainer.setup(config, splits.info, splits.train, splits.validation)
-    state = train_loop(config, tr, run, *run.start(splits, state, tr.steps_per_epoch))
-    test_batches = trainer.place_eval_data(config, splits.test, tr.mesh)
-    test = metrics.summarize(tr.programs.evaluate(state.variables, *test_batches), 'test_')
-    run.finish(test, tr.programs.probabilities(state.variables, test_batches[0]))
+    trainer, state = setup(config, splits.info, splits.train, splits.validation)
+    state = train_loop(config, trainer, run, *run.start(splits, state, trainer.steps_per_epoch))
+    test_batches = place_eval_data(config, splits.test, trainer.mesh)
+    programs = trainer.programs
+    test = metrics.summarize(programs.evaluate(state.variables, *test_batches), 'test_')
+    run.finish(test, programs.probabilities(state.variables, test_batches[0]))
     return {'records': run.sink.records[:-1], **test}
 
 
 def train_loop(
   config: ml_collections.ConfigDict,
-  tr: trainer.Trainer,
+  trainer: Trainer,
   run: Run,
   state: TrainState,
   step: int,
@@ -56,7 +66,7 @@ def train_loop(
   last step too. A call never crosses an epoch's end or a step where something is due, so
   how the steps are split into calls never changes a number.
   """
-  per_epoch, every = tr.steps_per_epoch, config.run
+  per_epoch, every = trainer.steps_per_epoch, config.run
   last = config.optim.num_epochs * per_epoch
   log_every, eval_every = every.log_every_steps or per_epoch, every.eval_every_steps or per_epoch
   checkpoint_every = [
@@ -65,24 +75,25 @@ def train_loop(
   while step < last:
     run.clock.start()
     periods = (per_epoch, log_every, eval_every, *checkpoint_every)
-    count = min(tr.steps_per_call, last - step, *(n - step % n for n in periods))
-    state, call_sums = trainer.train_steps(tr, state, step, count)
+    count = min(trainer.steps_per_call, last - step, *(n - step % n for n in periods))
+    state, call_sums = train_steps(trainer, state, step, count)
     step, sums = step + count, metrics.add(sums, call_sums)
 
-    log, validate = step % log_every == 0 or step == last, step % eval_every == 0 or step == last
-    if log or validate:
+    log_due = step % log_every == 0 or step == last
+    eval_due = step % eval_every == 0 or step == last
+    if log_due or eval_due:
       run.clock.stop(state)
       record = {}
-      if log:
-        record |= metrics.summarize(sums, 'train_', trainer.last_batch_metrics(tr, state, step))
+      if log_due:
+        record |= metrics.summarize(sums, 'train_', last_batch_metrics(trainer, state, step))
         sums = metrics.zero_sums()
-      if validate:
-        record |= trainer.validate(tr, state.variables)
+      if eval_due:
+        record |= validate(trainer, state.variables)
       run.write(step, record)
     stop = run.stop_requested(step)
-    if stop or step == last or any(step % n == 0 for n in checkpoint_every):
-      if checkpoint_every or stop:
-        run.save(state, step, sums)
+    checkpoint_due = step == last or any(step % n == 0 for n in checkpoint_every)
+    if stop or (checkpoint_every and checkpoint_due):
+      run.save(state, step, sums)
     if stop and step < last:
       raise run.stopped(step)
   return state
@@ -95,10 +106,10 @@ def evaluate_checkpoint(workdir: str | os.PathLike) -> dict[str, float]:
   if splits.info != info:
     raise UserError(f'The data of {config.data.name} changed since {workdir} was trained.')
   mesh = devices.make_mesh()
-  evaluate = trainer.compile_programs(model, mesh).evaluate
+  evaluate = compile_programs(model, mesh).evaluate
   result = {}
   for prefix, split in (('val_', splits.validation), ('test_', splits.test)):
-    batches = trainer.place_eval_data(config, split, mesh)
+    batches = place_eval_data(config, split, mesh)
     result |= metrics.summarize(evaluate(variables, *batches), prefix)
   logging.info('%s', reporting.format_line('Checkpoint', result))
   return result

@@ -26,7 +26,7 @@ import input_pipeline
 from input_pipeline.errors import UserError
 from mlp.core import configuration, trainer
 from mlp.machinery import devices, limits, lock
-from mlp.tools import ab, fields, flops, sweep
+from mlp.tools import ab, fields, flops, sweep, to_target
 
 _compile_seconds = [0.0]
 
@@ -304,10 +304,15 @@ def run(config: ml_collections.ConfigDict, workdir: Path | None = None) -> list[
   """Per batch size, a table on stderr and one JSON line on stdout; a curve for several.
 
   benchmark.batch_sizes, if set, lists the batch sizes; else optim.batch_size alone. With
-  benchmark.compare, an A/B comparison instead (compare).
+  benchmark.compare, an A/B comparison instead (compare); with benchmark.target_accuracy, the
+  time to that validation accuracy (mlp/tools/to_target.py).
   """
   configuration.validate(config)
   configuration.check(config, fields.paths('benchmark'))
+  if config.benchmark.target_accuracy:
+    result = to_target.measure(config)
+    print(json.dumps(result), file=sys.stdout, flush=True)
+    return [result]
   sizes = tuple(config.benchmark.batch_sizes) or (config.optim.batch_size,)
   for batch_size in sizes:
     if not isinstance(batch_size, int) or batch_size < 1:
