@@ -290,8 +290,8 @@ def _config_file_error(error: Exception) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with one-line errors for config files and fields that do not work.
 
-  A config file is Python and runs here, while the flags are parsed: for every mode, --help
-  included.
+  A config file is Python and runs here, while the flags are parsed, in every mode; --help
+  and --helpshort print the usage first, without reading it.
   """
   if {'--help', '-h', '-?', '--helpshort'} & set(argv[1:]):
     print(usage())

@@ -153,7 +153,7 @@ def test_two_processes_match_one_process_of_four_devices(runs):
   for placement in PLACEMENTS:
     records = (runs['workdir'] / 'two_processes' / placement / 'metrics.jsonl').read_text()
     assert [json.loads(line) for line in records.splitlines()][0] == processes[0][placement][
-      'epochs'
+      'records'
     ][0]
 
 

@@ -34,14 +34,14 @@ from PIL import Image
 
 import input_pipeline
 from input_pipeline.errors import UserError
-from mlp.core import train, trainer
+from mlp.core import train
 from mlp.machinery import checkpoint, faults, lock, reporting, run_config, stopping
 from mlp.reader import export, predict
 
 pytestmark = pytest.mark.integration
 
 DEFAULT = str(ROOT / 'configs' / 'default.py')
-TIMING = ('epoch_seconds', 'examples_per_sec')
+TIMING = reporting.TIMINGS
 
 
 def numbers(workdir):
@@ -84,17 +84,17 @@ def straight(tmp_path, mock_mnist):
 
 def signal_after(monkeypatch, signum, boundary):
   """Sends signum to this process once the training loop has passed `boundary` step calls."""
-  calls = trainer.epoch_calls
+  calls = train.train_steps
   seen = []
 
   def counting(*args, **kwargs):
-    for item in calls(*args, **kwargs):
-      seen.append(item)
-      if len(seen) == boundary:
-        os.kill(os.getpid(), signum)
-      yield item
+    result = calls(*args, **kwargs)
+    seen.append(result)
+    if len(seen) == boundary:
+      os.kill(os.getpid(), signum)
+    return result
 
-  monkeypatch.setattr(trainer, 'epoch_calls', counting)
+  monkeypatch.setattr(train, 'train_steps', counting)
 
 
 # Boundaries 1 and 4 are mid-epoch (steps 2 of epoch 1, 2 of epoch 2); 3 ends epoch 1.
@@ -458,7 +458,7 @@ CASES = [
   # Help.
   Case('--help', ('--help',), 0, '--config.<group>.<field>=<value>'),
   Case('-h lists the modes', ('-h',), 0, 'serve     a web page'),
-  Case('--help lists the groups', ('--help', '{data}'), 0, 'optim     batch_size'),
+  Case('--help lists the groups', ('--help', '{data}'), 0, 'optim     optimizer, batch_size'),
   # Flags and config files.
   Case('unknown mode', ('--mode=fly', '{data}'), 1, 'is not a mode'),
   Case('eval without workdir', ('--mode=eval',), 1, 'needs --workdir'),
@@ -582,7 +582,9 @@ CASES = [
     ('run',),
     _file('run', 'keep'),
   ),
-  Case('sweep without a sweep', ('--mode=sweep', '{data}', RUN), 1, 'needs a config with a sweep'),
+  Case(
+    'sweep without a sweep', ('--mode=sweep', '{data}', RUN), 1, 'needs sweep.grid or sweep.random'
+  ),
   Case('lock is a directory', (*TRAIN, RUN), 1, 'lock file', setup=_directory('run/.lock')),
   Case(
     'metrics.jsonl is a directory',
@@ -673,7 +675,7 @@ CASES = [
     'config.json without a field added since',
     ('--mode=eval', RUN),
     0,
-    'defaults fill in run.keep_checkpoints',
+    'Checkpoint - val_loss',
     (CONFIG,),
     _trained(_drop_fields('run.keep_checkpoints')),
   ),

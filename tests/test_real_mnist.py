@@ -14,7 +14,7 @@ from test_train import read_metrics
 
 import input_pipeline
 from input_pipeline import mnist_files
-from mlp.machinery import checkpoint
+from mlp.machinery import checkpoint, reporting
 
 pytestmark = pytest.mark.slow
 
@@ -90,9 +90,7 @@ def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_pa
 
   def numbers(workdir):
     lines = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()]
-    return [
-      {k: v for k, v in x.items() if k not in ('epoch_seconds', 'examples_per_sec')} for x in lines
-    ]
+    return [{k: v for k, v in x.items() if k not in reporting.TIMINGS} for x in lines]
 
   assert numbers(tmp_path / 'killed') == numbers(tmp_path / 'straight')
   *_, resumed_params = checkpoint.restore_for_inference(tmp_path / 'killed')

@@ -125,7 +125,7 @@ def runs(tmp_path_factory) -> dict[str, dict]:
     arrays[f'{name}_labels'] = rng.integers(0, 10, size, np.int32)
   np.savez(tmp_path / 'splits.npz', **arrays)
   first = _finish(_first_parts(tmp_path))
-  assert all('epochs' not in r for r in first[1:]), 'each first part stopped after epoch 1'
+  assert all('records' not in r for r in first[1:]), 'each first part stopped after epoch 1'
   resumed = _finish([_start(tmp_path, name, 'second', case[2]) for name, case in CASES.items()])
   return {'straight': first[0], **dict(zip(CASES, resumed, strict=True))}
 

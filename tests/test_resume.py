@@ -53,7 +53,7 @@ def test_diverging_loss_stops_without_a_checkpoint(tmp_path, mock_mnist):
     tmp_path,
     {'optim.learning_rate': 1e12, 'mlp.hidden_sizes': (16, 16, 16), 'optim.num_epochs': 3},
   )
-  with pytest.raises(UserError, match=r'became \S+ in epoch \d \(diverged\).*new --workdir'):
+  with pytest.raises(UserError, match=r'became \S+ by step \d+ \(diverged\).*new --workdir'):
     train.train_and_evaluate(config, tmp_path / 'run')
   assert not [
     p for p in (tmp_path / 'run' / checkpoint.CHECKPOINT_DIR).iterdir() if p.name.isdigit()

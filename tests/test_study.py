@@ -58,7 +58,8 @@ def learnable_splits(seed: int = 0) -> input_pipeline.Splits:
 
 def study_config(tmp_path: Path, storage: str):
   config = tiny_config(tmp_path, SIZES)
-  config.sweep.update({**SEARCH, 'storage': storage})
+  for name, value in {**SEARCH, 'storage': storage}.items():
+    config.sweep[name] = value
   return config
 
 

@@ -25,9 +25,9 @@ SPACE = {
 
 def sweep_config(tmp_path, grid, overrides=None, **sweep_fields):
   config = tiny_config(tmp_path, {'optim.num_epochs': 2, **(overrides or {})})
-  config.sweep.update(
-    {'grid': grid, 'random': {}, 'num_random': 0, 'seed': 0, 'max_parallel': 8, **sweep_fields}
-  )
+  values = {'grid': grid, 'random': {}, 'num_random': 0, 'seed': 0, 'max_parallel': 8}
+  for name, value in {**values, **sweep_fields}.items():
+    config.sweep[name] = value
   return config
 
 

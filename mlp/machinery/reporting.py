@@ -35,6 +35,8 @@ METRICS_FILE = 'metrics.jsonl'
 PICTURE_INPUTS = '.pictures.npz'  # What the child drawing the pictures reads, then removes.
 PICTURES = ('training_curves.png', 'confusion_matrix.png', 'misclassified.png')
 SPLIT_PREFIXES = ('train', 'val', 'test')
+# The fields of a record that measure time: they differ between runs that agree on every number.
+TIMINGS = ('examples_per_sec', 'train_seconds', 'elapsed_seconds')
 _writer_ids = itertools.count()
 
 

@@ -214,9 +214,12 @@ class Run:
     return self._stop.requested(step)
 
   def stopped(self, step: int) -> stopping.Stopped:
+    epoch = -(-step // self.steps_per_epoch)
+    done = step - (epoch - 1) * self.steps_per_epoch
     return stopping.Stopped(
-      f'Stopped by {self._stop.name} at step {step}, with a checkpoint of that point; run the '
-      f'same command (--workdir={self.workdir}) to resume.',
+      f'Stopped by {self._stop.name} in epoch {epoch} after step {done} of '
+      f'{self.steps_per_epoch}, with a checkpoint of that point; run the same command '
+      f'(--workdir={self.workdir}) to resume.',
       self._stop.signum,
     )
 
