@@ -110,3 +110,14 @@ def test_a_run_resumed_from_a_step_checkpoint_reports_what_one_run_does(tmp_path
     tiny_config(tmp_path, {'optim.num_epochs': 2, **every}), tmp_path / 'b'
   )
   assert numbers_of(resumed) == numbers_of(straight)
+
+
+def test_an_averaged_run_is_evaluated_and_restored_with_its_average(tmp_path, mock_mnist):
+  plain = train.train_and_evaluate(tiny_config(tmp_path), tmp_path / 'plain')
+  averaged = train.train_and_evaluate(
+    tiny_config(tmp_path, {'optim.ema_decay': 0.9}), tmp_path / 'averaged'
+  )
+  assert numbers_of(averaged)[0]['train_loss'] == numbers_of(plain)[0]['train_loss']
+  assert averaged['test_loss'] != plain['test_loss']
+  evaluated = train.evaluate_checkpoint(tmp_path / 'averaged')  # predict, export, serve: the same.
+  np.testing.assert_allclose(evaluated['test_loss'], averaged['test_loss'], rtol=1e-6)

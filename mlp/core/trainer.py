@@ -76,6 +76,11 @@ class Trainer:
     return self.programs.mesh
 
 
+def steps_per_epoch(config: ml_collections.ConfigDict, train: input_pipeline.Split) -> int:
+  """Batches in an epoch: the last one is padded and masked."""
+  return -(-len(train) // config.optim.batch_size)
+
+
 def setup(
   config: ml_collections.ConfigDict,
   info: input_pipeline.DatasetInfo,
@@ -83,8 +88,7 @@ def setup(
   validation: input_pipeline.Split | None = None,
 ) -> tuple[Trainer, TrainState]:
   """The trainer of one config and its initial train state, replicated on the devices."""
-  steps_per_epoch = -(-len(train) // config.optim.batch_size)
-  model, variables = build.build_model(config, info, steps_per_epoch)
+  model, variables = build.build_model(config, info, steps_per_epoch(config, train))
   state = build.init_state(config, model, variables)
   mesh = devices.make_mesh()
   return make_trainer(config, compile_programs(model, mesh), state, train, validation)
@@ -103,20 +107,19 @@ def make_trainer(
   if config.run.placement == 'device':
     replicated = devices.replicated(mesh)
     on_device = (devices.put(train.images, replicated), devices.put(train.labels, replicated))
-  steps_per_epoch = -(-len(train) // config.optim.batch_size)
+  per_epoch = steps_per_epoch(config, train)
   trainer = Trainer(
     config=config,
     programs=programs,
     train=train,
     train_on_device=on_device,
     validation=None if validation is None else place_eval_data(config, validation, mesh),
-    steps_per_epoch=steps_per_epoch,
-    steps_per_call=steps_per_epoch,
+    steps_per_epoch=per_epoch,
+    steps_per_call=per_epoch,
   )
   state = devices.replicate(state, mesh)
-  epoch_1 = batches(trainer, 0, steps_per_epoch)
-  timer = pacing.timer(functools.partial(call, trainer), state, epoch_1)
-  chunk = pacing.steps_per_call(config, steps_per_epoch, timer)
+  timer = pacing.timer(functools.partial(call, trainer), state, batches(trainer, 0, per_epoch))
+  chunk = pacing.steps_per_call(config, per_epoch, timer)
   return dataclasses.replace(trainer, steps_per_call=chunk), state
 
 

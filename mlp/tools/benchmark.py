@@ -55,7 +55,7 @@ def epoch_timer(
   configs = [config.copy_and_resolve_references() for _ in range(num_models)]
   for seed, trial in enumerate(configs):
     trial.seed = seed if num_models > 1 else config.seed
-  steps_per_epoch = -(-len(split) // config.optim.batch_size)
+  steps_per_epoch = trainer.steps_per_epoch(config, split)
   model, values, state = sweep.init_trials(configs, info, steps_per_epoch)
   programs = sweep.trial_programs(model, values, mesh or devices.make_mesh())
   tr, state = trainer.make_trainer(configs[0], programs, state, split)
@@ -125,7 +125,7 @@ def measure(
   baseline_config = config.copy_and_resolve_references()
   baseline_config.run.placement, baseline_config.run.steps_per_call = 'host', 1
   baseline = time_epochs(baseline_config, split, info)
-  steps_per_epoch = -(-len(split) // config.optim.batch_size)
+  steps_per_epoch = trainer.steps_per_epoch(config, split)
   median = statistics.median(timed['epoch_seconds'])
   examples_per_sec = len(split) / median
   baseline_examples_per_sec = len(split) / statistics.median(baseline['epoch_seconds'])

@@ -171,7 +171,7 @@ def train_trials(
   """
   config = configs[0]
   start = time.perf_counter()
-  steps_per_epoch = -(-len(splits.train) // config.optim.batch_size)
+  steps_per_epoch = trainer.steps_per_epoch(config, splits.train)
   model, values, state = init_trials(configs, splits.info, steps_per_epoch)
   mesh = devices.make_mesh()
   programs = trial_programs(model, values, mesh)
