@@ -77,9 +77,9 @@ def test_one_write_reaches_the_file_tensorboard_and_the_console(tmp_path, caplog
 
   assert read_lines(tmp_path) == [epoch_record(1), epoch_record(2), metrics.records[-1]]
   scalars = read_scalars(tmp_path)
-  assert set(scalars) == {reporting.tag(n) for r in metrics.records for n in r if n != 'epoch'}
+  assert set(scalars) == {reporting.tag(n) for r in metrics.records for n in r if n != 'step'}
   assert scalars['train/loss'] == {1: 1.0, 2: 0.5}
-  assert scalars['epoch/examples_per_sec'] == {1: 1000.0, 2: 2000.0}
+  assert scalars['run/examples_per_sec'] == {1: 1000.0, 2: 2000.0}
   assert scalars['test/accuracy'] == {2: 0.875}
   assert 'Epoch 2/2 - train_loss: 0.5 - train_accuracy: 0.95' in caplog.text
   assert 'examples_per_sec: 2,000' in caplog.text
@@ -98,7 +98,8 @@ def test_a_new_metric_needs_no_change_in_the_sink(tmp_path):
   metrics.write(1, {'epoch': 1, 'val_top5_accuracy': 0.99, 'weight_sparsity': 0.5}, 'Epoch 1')
   assert read_scalars(tmp_path) == {
     'val/top5_accuracy': {1: pytest.approx(0.99)},
-    'epoch/weight_sparsity': {1: 0.5},
+    'run/weight_sparsity': {1: 0.5},
+    'run/epoch': {1: 1.0},
   }
   assert read_lines(tmp_path)[-1]['weight_sparsity'] == 0.5
 

@@ -41,9 +41,9 @@ _writer_ids = itertools.count()
 
 
 def tag(name: str) -> str:
-  """The TensorBoard tag of a metric: train_loss -> train/loss, grad_norm -> epoch/grad_norm."""
+  """The TensorBoard tag of a metric: train_loss -> train/loss, grad_norm -> run/grad_norm."""
   split, _, rest = name.partition('_')
-  return f'{split}/{rest}' if split in SPLIT_PREFIXES and rest else f'epoch/{name}'
+  return f'{split}/{rest}' if split in SPLIT_PREFIXES and rest else f'run/{name}'
 
 
 def format_line(label: str, scalars: dict[str, float]) -> str:
@@ -100,7 +100,7 @@ class Metrics:
     logging.info('%s', format_line(label, scalars) + (f' - {note}' if note else ''))
     self.records.append(scalars)
     if self._writer is not None:
-      values = [summary.scalar(tag(n), v) for n, v in scalars.items() if n not in ('step', 'epoch')]
+      values = [summary.scalar(tag(n), v) for n, v in scalars.items() if n != 'step']
       self._write_events(values, step)
       self._write_file()
 
@@ -154,13 +154,14 @@ def _save(figure, path: str | epath.PathLike) -> files.AnyPath:
 def save_training_curves(
   path: str | epath.PathLike, records: Sequence[dict[str, float]]
 ) -> files.AnyPath:
-  """Loss and accuracy per epoch, train against validation, in two panels."""
-  epochs = [r['epoch'] for r in records]
+  """Loss and accuracy by step, train against validation, in two panels."""
   figure = _figure(10, 4)
   for axes, metric in zip(figure.subplots(1, 2), ('loss', 'accuracy'), strict=True):
     for split, label in (('train', 'train'), ('val', 'validation')):
-      axes.plot(epochs, [r[f'{split}_{metric}'] for r in records], marker='o', label=label)
-    axes.set(title=metric.capitalize(), xlabel='epoch')
+      kept = [r for r in records if f'{split}_{metric}' in r]
+      steps = [r.get('step', r['epoch']) for r in kept]
+      axes.plot(steps, [r[f'{split}_{metric}'] for r in kept], marker='o', label=label)
+    axes.set(title=metric.capitalize(), xlabel='step')
     axes.grid(alpha=0.3)
     axes.legend()
   return _save(figure, path)
