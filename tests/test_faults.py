@@ -672,10 +672,10 @@ CASES = [
     _trained(_edit_config(**{'optim.speed': 1})),
   ),
   Case(
-    'config.json without a field added since',
+    'config.json without a field added since',  # Read silently: no line at all.
     ('--mode=eval', RUN),
     0,
-    'Checkpoint - val_loss',
+    '',
     (CONFIG,),
     _trained(_drop_fields('run.keep_checkpoints')),
   ),
