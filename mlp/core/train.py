@@ -80,6 +80,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   devices.check_batch_size(config.run.eval_batch_size, 'run.eval_batch_size')
   workdir = files.path(workdir)  # A directory, or a bucket's gs://bucket/path.
   lock.prepare(workdir)
+  lock.refuse_foreign(workdir)
   with lock.locked(workdir), stopping.StopRequests() as stop:
     _check_config(config, workdir)
     result = _train(config, workdir, stop)
@@ -104,6 +105,12 @@ def _log_data(splits: input_pipeline.Splits) -> None:
 
 
 def _train(config, workdir: files.AnyPath, stop: stopping.StopRequests) -> dict:
+  finished = reporting.read_results(workdir, config.optim.num_epochs)
+  if finished and checkpoint.furthest_position(workdir) == checkpoint.Position(
+    len(finished['epochs'])
+  ):
+    logging.info('%s is complete; its results in metrics.jsonl stand.', workdir)
+    return finished
   splits = input_pipeline.load_splits(config)
   if devices.is_main_process():
     splits.info.save(workdir)

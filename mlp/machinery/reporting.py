@@ -28,7 +28,8 @@ from tensorboardX import summary
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event
 
-from mlp.machinery import files
+from input_pipeline.errors import UserError
+from mlp.machinery import checked, files
 
 TENSORBOARD_DIR = 'tensorboard'
 METRICS_FILE = 'metrics.jsonl'
@@ -36,6 +37,61 @@ PICTURE_INPUTS = '.pictures.npz'  # What the child drawing the pictures reads, t
 PICTURES = ('training_curves.png', 'confusion_matrix.png', 'misclassified.png')
 SPLIT_PREFIXES = ('train', 'val', 'test')
 _writer_ids = itertools.count()
+
+
+# A line of metrics.jsonl: a metric's value by name (NaN and infinities written as such), and
+# in an epoch's record the epoch, counted from 1.
+RECORD_SHAPE = checked.Value(
+  dict,
+  fields={'epoch': checked.Value(int, low=1, optional=True)},
+  items=checked.Value(float, finite=False),
+)
+
+
+def _whole_records(workdir: files.AnyPath) -> tuple[list[dict], list[dict]]:
+  """The epoch records of metrics.jsonl that are whole and in order (epochs 1, 2, ..., k), and
+  the other whole records after them (the test line)."""
+  path = files.path(workdir) / METRICS_FILE
+  if not path.exists():
+    return [], []
+  epochs, others = [], []
+  for number, line in enumerate(path.read_bytes().decode(errors='replace').splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = checked.check(json.loads(line), RECORD_SHAPE)
+      whole = not others and record.get('epoch', len(epochs) + 1) == len(epochs) + 1
+    except ValueError:
+      whole = False
+    if not whole:
+      logging.warning(
+        '%s: line %d is damaged; dropping it and the lines after it, which training from an '
+        'earlier checkpoint writes again.',
+        path,
+        number,
+      )
+      break
+    (epochs if 'epoch' in record else others).append(record)
+  return epochs, others
+
+
+def read_records(workdir: files.AnyPath) -> list[dict]:
+  """The epoch records of metrics.jsonl that are whole and in order: epochs 1, 2, ..., k.
+
+  Each line is checked against RECORD_SHAPE. A damaged line is dropped with a warning, with
+  every line after it: the run resumes from a checkpoint at or before epoch k and writes them
+  again.
+  """
+  return _whole_records(workdir)[0]
+
+
+def read_results(workdir: files.AnyPath, num_epochs: int) -> dict | None:
+  """What a finished run returned: its num_epochs epoch records and its test line; None while
+  metrics.jsonl holds no such whole run. A re-run of a finished run returns these untouched."""
+  epochs, others = _whole_records(workdir)
+  if len(epochs) != num_epochs or len(others) != 1:
+    return None
+  return {'epochs': epochs, **others[0]}
 
 
 def tag(name: str) -> str:
@@ -81,6 +137,11 @@ class Metrics:
     self._local = tempfile.mkdtemp(prefix='tensorboard-') if files.in_bucket(self.workdir) else ''
     if enabled:
       if not self._local:
+        if self._logdir.exists() and not self._logdir.is_dir():
+          raise UserError(
+            f'{self._logdir} is a file, where the run writes its TensorBoard summaries; move it '
+            'away and run the same command again.'
+          )
         self._logdir.mkdir(parents=True, exist_ok=True)
       # tensorboardX names files by the second and truncates existing ones: a resume within
       # the same second would erase the earlier file without a suffix of its own.
