@@ -235,7 +235,7 @@ def test_bucket_lock_refuses_a_second_run_and_takes_over_an_expired_lease(gcs, m
 def test_a_sweep_writes_its_results_to_a_bucket(gcs, data_args):
   sweep_args = [
     f'--config={ROOT / "configs" / "sweep.py"}',
-    *data_args[1:],
+    *(a for a in data_args[1:] if not a.startswith('--config.optim.num_epochs=')),
     '--config.optim.num_epochs=1',
     '--config.optim.warmup_epochs=0',
     '--config.sweep.num_random=2',

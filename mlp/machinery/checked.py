@@ -24,7 +24,8 @@ from mlp.machinery import files
 class Value:
   """What one field may hold.
 
-  kind: int, float (an int is a float too), str, bool, list, dict or np.ndarray.
+  kind: int, float (an int is a float too), str, bool, list, dict or np.ndarray; or a tuple of
+  such types, any of which works.
   low, high: bounds of a number, inclusive. finite: whether a float refuses NaN and infinities.
   fields: a dict's declared keys (others are allowed and ignored); items: the shape of each of
   a list's items, or of each value of a dict with any keys. min_items, max_items: a list's or
@@ -32,7 +33,7 @@ class Value:
   key may be absent; nullable: None works.
   """
 
-  kind: type
+  kind: type | tuple[type, ...]
   low: float | None = None
   high: float | None = None
   finite: bool = True
@@ -48,9 +49,11 @@ class Value:
   def expected(self) -> str:
     """What works, as the error message says it."""
     names = {int: 'an integer', float: 'a number', str: 'a string', bool: 'true or false'}
+    names |= {list: 'a list', dict: 'a JSON object'}
     if self.kind is np.ndarray:
       return f'a {self.ndim}-D {self.dtype} array'
-    text = names.get(self.kind, f'a {"list" if self.kind is list else "JSON object"}')
+    kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+    text = ' or '.join(names[kind] for kind in kinds)
     if self.low is not None and self.high is not None:
       text += f' in [{self.low:g}, {self.high:g}]'
     elif self.low is not None:

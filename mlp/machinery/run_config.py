@@ -17,8 +17,13 @@ from mlp.core.fields import Role
 from mlp.machinery import checked, files
 
 CONFIG_FILE = 'config.json'
-# Its fields' values are the schema's to check (configuration.assign and validate).
-SHAPE = checked.Value(dict, fields={'model': checked.Value(str)})
+# A field's value is a JSON scalar or list; whether it works is the schema's to check
+# (configuration.assign and validate).
+SHAPE = checked.Value(
+  dict,
+  fields={'model': checked.Value(str)},
+  items=checked.Value((str, int, float, bool, list), nullable=True),
+)
 _WARNED: set[str] = set()  # config.json files whose difference from this code was told once.
 
 
