@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -286,10 +287,15 @@ def one_error_line(result, status=1) -> str:
   return line
 
 
+def without(args: list[str], fields: list[str]) -> list[str]:
+  """args less the --config.x flags that fields set again (main.py refuses a repeat)."""
+  names = {f.partition('=')[0] for f in fields if f.startswith('--config.')}
+  return [a for a in args if a.partition('=')[0] not in names]
+
+
 def overridden(args: list[str], *more: str) -> list[str]:
-  """args, then more; a --config.x in more replaces args' own (main.py refuses a repeat)."""
-  names = {m.partition('=')[0] for m in more if m.startswith('--config.')}
-  return [a for a in args if a.partition('=')[0] not in names] + list(more)
+  """args, then more; a --config.x in more replaces args' own."""
+  return [*without(args, more), *more]
 
 
 def cached_mock_splits(tmp_path, num_examples=400):
@@ -406,6 +412,27 @@ def _as_directory(relative: str) -> Callable[[Path], None]:
   def change(run: Path) -> None:
     (run / relative).unlink()
     (run / relative).mkdir()
+
+  return change
+
+
+def _as_file(relative: str) -> Callable[[Path], None]:
+  """The run's directory at relative replaced by a file."""
+
+  def change(run: Path) -> None:
+    shutil.rmtree(run / relative)
+    (run / relative).write_text('mine')
+
+  return change
+
+
+def _edit_latest_meta(**values) -> Callable[[Path], None]:
+  """The latest checkpoint's meta with values set (None: removed)."""
+
+  def change(run: Path) -> None:
+    meta = step_dirs(run)[-1] / 'meta' / 'metadata'
+    edited = {**json.loads(meta.read_text()), **values}
+    meta.write_text(json.dumps({k: v for k, v in edited.items() if v is not None}))
 
   return change
 
@@ -876,13 +903,95 @@ CASES = [
     1,
     "No prepared 'mnist' dataset",
   ),
+  # Checked readers: a checkpoint whose metadata breaks its shape is set aside.
+  Case(
+    'checkpoint meta without format_version',
+    (*TRAIN, '--config.optim.num_epochs=2', RUN),
+    0,
+    'Set unreadable checkpoints aside',
+    setup=_trained(_edit_latest_meta(format_version=None)),
+  ),
+  Case(
+    'checkpoint meta with a negative epoch',
+    (*TRAIN, '--config.optim.num_epochs=2', RUN),
+    0,
+    'Set unreadable checkpoints aside',
+    setup=_trained(_edit_latest_meta(epoch=-1)),
+  ),
+  Case(
+    'tensorboard is a file',
+    (*TRAIN, '--config.optim.num_epochs=3', RUN),
+    1,
+    'tensorboard is a file',
+    (CONFIG, 'run/metrics.jsonl'),
+    _trained(_as_file('tensorboard')),
+  ),
+  # A workdir is a run's or nobody's.
+  Case(
+    'workdir of other files',
+    (*TRAIN, RUN),
+    1,
+    'it is not a run of this code',
+    ('run',),
+    _file('run/metrics.jsonl', '{"mine": 1}\n'),
+  ),
+  Case(
+    'checkpoints is a file',
+    (*TRAIN, '--config.optim.num_epochs=3', RUN),
+    1,
+    'is not a directory, where this run keeps its checkpoints',
+    (CONFIG, 'run/metrics.jsonl'),
+    _trained(_as_file('checkpoints')),
+  ),
+  Case(
+    'finished run again with another eval batch size',
+    (*TRAIN, '--config.optim.num_epochs=2', '--config.run.eval_batch_size=3', RUN),
+    0,
+    '',  # Its one line is INFO, which the driver does not show.
+    ('run/metrics.jsonl',),
+    _trained(),
+  ),
+  Case(
+    "export keeps the user's <file>.tmp",
+    ('--mode=export', RUN, '--export_file={dir}/out.jax'),
+    0,
+    '',
+    ('out.jax.tmp',),
+    lambda d: [_trained()(d), _file('out.jax.tmp', 'mine')(d)],
+  ),
+  # Values checked where they are declared; a study's fields given once.
+  Case(
+    'config field given twice',
+    (*TRAIN, '--config.mlp.hidden_sizes=32', '--config.mlp.hidden_sizes=64', RUN),
+    1,
+    '--config.mlp.hidden_sizes is given 2 times',
+  ),
+  Case(
+    'get_config returns no ConfigDict',
+    ('--config={dir}/c.py', RUN),
+    1,
+    'get_config() returned 5, not an ml_collections.ConfigDict',
+    setup=_file('c.py', 'def get_config():\n  return 5\n'),
+  ),
+  Case(
+    'config file without get_config',
+    ('--config={dir}/c.py', RUN),
+    1,
+    'the file defines no get_config()',
+    setup=_file('c.py', 'x = 1\n'),
+  ),
+  Case(
+    'coordinator address not host:port',
+    (*TRAIN, '--coordinator_address=not_an_address', RUN),
+    1,
+    "'not_an_address' (--coordinator_address or JAX_COORDINATOR_ADDRESS) is not host:port",
+  ),
 ]
 
 
 def _expand(args: tuple[str, ...], directory: Path, data: list[str]) -> list[str]:
   """The case's arguments; where the case sets a field of the data flags, its value counts."""
-  own = [a.format(dir=directory) for a in args if a not in ('{data}', '{sweep}')]
-  data = overridden(data, *(a for a in own if a.startswith('--config.')))
+  data = without(data, [a.format(dir=directory) for a in args if a.startswith('--config.')])
   expanded = []
   for arg in args:
     if arg == '{data}':
@@ -931,6 +1040,7 @@ def _run_main_here(argv: list[str]) -> int:
   for name in [n for n in flags.FLAGS if n.startswith('config.')]:  # config_flags adds them anew.
     delattr(flags.FLAGS, name)
   stopping.received.clear()
+  sys.modules.pop('config_config', None)  # ml_collections' name for every config file it runs.
   sys.argv = ['main.py', *argv]
   try:
     main.main(main.parse_flags(sys.argv))
@@ -1496,3 +1606,179 @@ def test_config_json_that_breaks_its_shape_is_one_line(tmp_path, field, bad):
   message = str(raised.value)
   assert run_config.CONFIG_FILE in message and (field or 'whole file') in message
   assert '\n' not in message
+
+
+# A workdir is a run's or nobody's.
+
+
+@pytest.mark.parametrize(
+  ('names', 'refused'),
+  [
+    ((), False),
+    ((lock.LOCK_FILE,), False),
+    ((run_config.CONFIG_FILE, reporting.METRICS_FILE), False),
+    ((reporting.METRICS_FILE, input_pipeline.INFO_FILE), True),
+    (('notes.txt',), True),
+    ((run_config.CONFIG_FILE, 'checkpoints'), True),  # checkpoints as a file.
+  ],
+)
+def test_training_refuses_a_workdir_that_is_not_a_run_of_this_code(tmp_path, names, refused):
+  for name in names:
+    (tmp_path / name).write_text('mine')
+  before = _fingerprint(tmp_path)
+  with pytest.raises(UserError) if refused else contextlib.nullcontext() as raised:
+    lock.refuse_foreign(tmp_path)
+  if refused:
+    assert '\n' not in str(raised.value) and str(tmp_path) in str(raised.value)
+  assert _fingerprint(tmp_path) == before
+
+
+@pytest.fixture
+def trained_copy(tmp_path, mock_trained_workdir) -> Path:
+  """A copy of the session's finished mock run (2 epochs)."""
+  return Path(shutil.copytree(mock_trained_workdir, tmp_path / 'run'))
+
+
+def test_a_run_whose_checkpoints_are_a_file_is_refused_untouched(
+  trained_copy, mock_trained_workdir
+):
+  shutil.rmtree(trained_copy / checkpoint.CHECKPOINT_DIR)
+  (trained_copy / checkpoint.CHECKPOINT_DIR).write_text('mine')
+  before = _fingerprint(trained_copy)
+  config = tiny_config(mock_trained_workdir.parent, {'optim.num_epochs': 3})
+  with pytest.raises(UserError, match='is not a directory, where this run keeps its checkpoints'):
+    train.train_and_evaluate(config, trained_copy)
+  after = _fingerprint(trained_copy)
+  assert {k: v for k, v in after.items() if not k.endswith(lock.LOCK_FILE)} == {
+    k: v for k, v in before.items() if not k.endswith(lock.LOCK_FILE)
+  }
+
+
+def test_a_finished_run_run_again_keeps_its_results(trained_copy, mock_trained_workdir):
+  metrics = (trained_copy / reporting.METRICS_FILE).read_bytes()
+  config = tiny_config(
+    mock_trained_workdir.parent, {'optim.num_epochs': 2, 'run.eval_batch_size': 3}
+  )
+  result = train.train_and_evaluate(config, trained_copy)
+  assert (trained_copy / reporting.METRICS_FILE).read_bytes() == metrics
+  *epochs, test = [json.loads(line) for line in metrics.decode().splitlines()]
+  assert result == {'epochs': epochs, **test}
+
+
+def test_temporary_files_never_take_a_users_name(tmp_path):
+  from mlp.machinery import files
+
+  target = tmp_path / 'config.json'
+  for name in ('config.json.tmp', '.config.json.tmp'):
+    (tmp_path / name).write_text('mine')
+  files.write_atomic(target, 'new')
+  export._write_file(tmp_path / 'model.jax', b'model')
+  assert target.read_text() == 'new' and (tmp_path / 'model.jax').read_bytes() == b'model'
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+    '.config.json.tmp',
+    'config.json',
+    'config.json.tmp',
+    'model.jax',
+  ]
+  assert (tmp_path / 'config.json.tmp').read_text() == 'mine'
+
+
+class _FakeBlob:
+  """A bucket's lock object, as much of google-cloud-storage's Blob as the lease uses."""
+
+  def __init__(self):
+    self.name, self.generation, self.live = 'run/.lock', None, None
+    self.bucket = self
+
+  def upload_from_string(self, text, if_generation_match=None, **options):
+    from google.api_core import exceptions
+
+    if if_generation_match != (self.live or 0):
+      raise exceptions.PreconditionFailed('generation')
+    self.live = self.generation = (self.live or 0) + 1
+
+  def get_blob(self, name, **options):
+    return None if self.live is None else types.SimpleNamespace(generation=self.live)
+
+  def delete(self, **options):
+    self.live = None
+
+
+@pytest.mark.parametrize('deleted', [True, False])
+def test_a_bucket_lock_that_disappears_stops_its_holder(monkeypatch, deleted):
+  blob = _FakeBlob()
+  monkeypatch.setattr(lock.files, 'blob', lambda path: blob)
+  monkeypatch.setattr(lock, 'CHECK_SECONDS', 0.01)
+  stopped = []
+  monkeypatch.setattr(lock, 'lost', stopped.append)
+  lease = lock._Lease('gs://bucket/run/.lock')
+  assert lease.take() == ''
+  lease.hold()
+  if deleted:
+    blob.live = None  # Another hand deleted it; a second run could now take it.
+  deadline = time.time() + 5
+  while not stopped and time.time() < deadline:
+    time.sleep(0.01)
+  time.sleep(0.05)
+  lease.release()
+  assert stopped == (['run/.lock'] if deleted else [])
+
+
+def test_a_lost_lock_ends_the_process_with_one_line():
+  done = subprocess.run(
+    [sys.executable, '-c', 'from mlp.machinery import lock; lock.lost("run/.lock")'],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=120,
+  )
+  assert done.returncode == 1
+  assert 'run/.lock of this run was deleted' in one_error_line(done)
+
+
+# A study knows its base config; a flag is given once.
+
+
+def test_a_study_refuses_a_worker_with_another_base_config(tmp_path):
+  import optuna
+
+  from mlp.tools import study
+
+  search = {
+    'study_name': 's1',
+    'sampler': 'random',
+    'pruner': 'none',
+    'seed': 0,
+    'max_parallel': 1,
+    'num_random': 1,
+    'grid': {'optim.learning_rate': [1e-3, 2e-3]},
+    'random': {},
+  }
+  storage = optuna.storages.InMemoryStorage()
+  base = tiny_config(tmp_path)
+  listed = [{'optim.learning_rate': 1e-3}, {'optim.learning_rate': 2e-3}]
+  study.open_study(search, listed, storage, study.base_fields(base, search))
+  for same in ({'run.eval_batch_size': 5}, {'optim.learning_rate': 0.1}):  # Execution, searched.
+    study.open_study(
+      search, listed, storage, study.base_fields(tiny_config(tmp_path, same), search)
+    )
+  other = tiny_config(tmp_path, {'mlp.hidden_sizes': (64,), 'data.seed': 3})
+  with pytest.raises(UserError, match=r'another base config \(data.seed: 0 there, 3 here; mlp'):
+    study.open_study(search, listed, storage, study.base_fields(other, search))
+
+
+@pytest.mark.parametrize(
+  'argv',
+  [
+    ['--config.mlp.hidden_sizes=32', '--config.mlp.hidden_sizes=64'],
+    ['--config.optim.batch_size=8', '--config.seed=1', '--config.optim.batch_size', '8'],
+  ],
+)
+def test_a_config_field_given_twice_is_refused(capsys, argv):
+  import main
+
+  with pytest.raises(SystemExit) as exit:
+    main._refuse_repeated(['main.py', f'--config={DEFAULT}', *argv])
+  assert exit.value.code == 1
+  (line,) = capsys.readouterr().err.splitlines()
+  assert re.search(r'--config\.\S+ is given 2 times; give it once\.$', line)

@@ -106,9 +106,7 @@ def _log_data(splits: input_pipeline.Splits) -> None:
 
 def _train(config, workdir: files.AnyPath, stop: stopping.StopRequests) -> dict:
   finished = reporting.read_results(workdir, config.optim.num_epochs)
-  if finished and checkpoint.furthest_position(workdir) == checkpoint.Position(
-    len(finished['epochs'])
-  ):
+  if finished and checkpoint.finished_at(workdir, config.optim.num_epochs):
     logging.info('%s is complete; its results in metrics.jsonl stand.', workdir)
     return finished
   splits = input_pipeline.load_splits(config)

@@ -110,6 +110,22 @@ def furthest_position(workdir: Path) -> Position | None:
   return None
 
 
+def finished_at(workdir: Path, num_epochs: int) -> bool:
+  """Whether the newest checkpoint ends training at num_epochs and its JSON files read: a
+  re-run of such a run has nothing left to train."""
+  found = (files.path(workdir) / CHECKPOINT_DIR).glob('*')
+  steps = [p for p in found if p.name.isdigit()]
+  if not steps:
+    return False
+  newest = max(steps, key=lambda p: int(p.name))
+  try:
+    _check_metadata(newest)
+    meta = checked.parse(newest / 'meta' / 'metadata', checked.Value(dict))
+    return position_of(meta, newest) == Position(num_epochs)
+  except (OSError, ValueError, UserError):
+    return False
+
+
 def check_end(workdir: Path, num_epochs: int) -> None:
   """Refuses a resume whose checkpoint is already past the requested end.
 
