@@ -44,8 +44,8 @@ def load(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   path = files.path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise UserError(f'{path} does not exist; train into this workdir first.')
-  refused = 'it is not a config of this code: train into a new workdir'
-  values = checked.read_json(path, SHAPE, refused)
+  action = 'it is not a config of this code: train into a new workdir'
+  values = checked.read_json(path, SHAPE, action)
   config = defaults()
   config.model = values['model'] if values['model'] in models.REGISTRY else config.model
   unknown = sorted(set(values) - set(in_use(config)))
