@@ -1616,6 +1616,7 @@ def test_config_json_that_breaks_its_shape_is_one_line(tmp_path, field, bad):
   [
     ((), False),
     ((lock.LOCK_FILE,), False),
+    ((lock.LOCK_FILE, '.config.json.1a2b.tmp'), False),  # Process 0 of this run writing it.
     ((run_config.CONFIG_FILE, reporting.METRICS_FILE), False),
     ((reporting.METRICS_FILE, input_pipeline.INFO_FILE), True),
     (('notes.txt',), True),

@@ -53,7 +53,8 @@ def refuse_foreign(workdir: files.AnyPath) -> None:
   config.json (not a run of this code), and a run whose checkpoints are not a directory,
   before it reads or writes anything there."""
   names = sorted(p.name for p in workdir.iterdir()) if workdir.is_dir() else []
-  foreign = [name for name in names if name != LOCK_FILE]
+  # The lock, and a file being written by process 0 of this run (files.beside) are this run's.
+  foreign = [n for n in names if n != LOCK_FILE and not (n[0] == '.' and n.endswith('.tmp'))]
   if foreign and 'config.json' not in names:
     shown = ', '.join(foreign[:3]) + (', ...' if len(foreign) > 3 else '')
     raise UserError(

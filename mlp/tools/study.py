@@ -189,17 +189,21 @@ def _surplus(study, trial, search: dict) -> bool:
   return len(earlier) >= study.user_attrs['budget']
 
 
-def ask(study, search: dict, space: dict) -> list:
+def ask(study, search: dict, space: dict, storage) -> list:
   """Up to max_parallel new trials of the study; none once its budget is taken.
 
   Two workers may ask for the last trial at once: the one that gets a surplus trial gives it
-  back as failed, untrained, and stops asking.
+  back as failed, untrained, and stops asking. Each trial beats once at once: Optuna fails as
+  stale only a trial that has beaten, so one killed before its Heartbeat began would stay
+  RUNNING, and the other workers would wait for it forever.
   """
   optuna = _optuna()
   optuna.storages.fail_stale_trials(study)  # A killed worker's trials, queued again.
   asked = []
   while len(asked) < search['max_parallel'] and len(_taken(study)) < study.user_attrs['budget']:
     trial = study.ask(space)
+    if getattr(storage, 'get_heartbeat_interval', lambda: None)():
+      storage.record_heartbeat(trial._trial_id)
     if _surplus(study, trial, search):
       trial.set_user_attr('surplus', True)
       study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -316,7 +320,7 @@ def run(config: ml_collections.ConfigDict, search: dict, workdir) -> dict:
   splits = None
   trained = []
   while True:
-    trials = ask(study, search, space)
+    trials = ask(study, search, space, storage)
     if not trials and not _others_running(study, search):
       break
     if not trials:  # Finished by their workers, or failed as stale and queued again.
