@@ -194,7 +194,7 @@ class _Lease:
     from google.api_core import exceptions
 
     renewed = time.monotonic()
-    while not self._done.wait(CHECK_SECONDS):
+    while not self._done.wait(min(CHECK_SECONDS, LEASE_SECONDS / 3)):
       try:
         if time.monotonic() - renewed >= LEASE_SECONDS / 3:
           self._write(if_generation_match=self._blob.generation, retry=None, timeout=10)
