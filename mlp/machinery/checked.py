@@ -10,14 +10,11 @@ The declarations are data, so the tests break every declared field in turn.
 import dataclasses
 import json
 import math
-import os
+import pathlib
 from typing import Any
 
 import numpy as np
 from absl import logging
-
-from input_pipeline.errors import UserError
-from mlp.machinery import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +61,7 @@ class Value:
       text += ', finite'
     if self.min_items or self.max_items is not None:
       most = '' if self.max_items is None else f' and at most {self.max_items}'
-      text += f' of at least {self.min_items}{most} items'
+      text += f' of at least {self.min_items}{most} {"characters" if self.kind is str else "items"}'
     return text + (' or null' if self.nullable else '')
 
 
@@ -125,12 +122,13 @@ def check(value: Any, shape: Value, field: str = '') -> Any:
   return value
 
 
-def parse(path: os.PathLike, shape: Value) -> Any:
-  """The checked JSON of the file at path; Mismatch or ValueError (not JSON) if broken.
+def parse(path: pathlib.Path, shape: Value) -> Any:
+  """The checked JSON of the file at path (on a disk, or an epath in a bucket); Mismatch or
+  ValueError (not JSON) if broken.
 
   OSError (absent, unreadable) passes through: each reader says what that means for it.
   """
-  text = files.path(path).read_bytes()
+  text = path.read_bytes()
   try:
     value = json.loads(text)
   except (ValueError, UnicodeDecodeError) as error:
@@ -138,16 +136,19 @@ def parse(path: os.PathLike, shape: Value) -> Any:
   return check(value, shape)
 
 
-def read_json(path: os.PathLike, shape: Value, what_to_do: str) -> Any:
+def read_json(path: pathlib.Path, shape: Value, what_to_do: str) -> Any:
   """The checked JSON of path; a broken file is one UserError naming it, the field and
   what_to_do. An absent or unreadable file raises OSError, as open() does."""
+  # Here, not at the top: input_pipeline, which this module checks, imports it.
+  from input_pipeline.errors import UserError
+
   try:
     return parse(path, shape)
   except ValueError as error:
     raise UserError(f'{path}: {error}; {what_to_do}.') from None
 
 
-def read_derived(path: os.PathLike, shape: Value, rebuilt: str) -> Any | None:
+def read_derived(path: pathlib.Path, shape: Value, rebuilt: str) -> Any | None:
   """The checked JSON of a file derived from others; None where absent, unreadable or broken
   (then with one warning saying that it is `rebuilt`)."""
   try:
