@@ -70,8 +70,16 @@ class Mismatch(ValueError):
 
   def __init__(self, field: str, value: Any, shape: Value):
     self.field = field
-    shown = repr(value) if not isinstance(value, np.ndarray) else f'{value.dtype} {value.shape}'
-    super().__init__(f'{field or "the whole file"} is {shown[:60]}, expected {shape.expected()}')
+    shown = repr(value)[:60]
+    if isinstance(value, np.ndarray):
+      shown = f'{value.dtype} {value.shape}'
+    super().__init__(
+      f'{field or "the whole file"} is {"missing" if value is _ABSENT else shown}, expected '
+      f'{shape.expected()}'
+    )
+
+
+_ABSENT = object()  # A declared key that is not there.
 
 
 def _right_kind(value: Any, shape: Value) -> bool:
@@ -113,7 +121,7 @@ def check(value: Any, shape: Value, field: str = '') -> Any:
     for key, declared in (shape.fields or {}).items():
       if key not in value:
         if not declared.optional:
-          raise Mismatch(prefix + key, '(missing)', declared)
+          raise Mismatch(prefix + key, _ABSENT, declared)
         continue
       check(value[key], declared, prefix + key)
     if shape.items is not None:
