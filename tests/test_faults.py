@@ -1532,6 +1532,13 @@ def test_pacing_json_that_breaks_its_shape_is_measured_again(tmp_path, caplog, p
   checked.check(json.loads(cache.read_text()), pacing.CACHE_SHAPE)  # Rebuilt whole.
 
 
+def test_a_pacing_json_that_is_a_directory_is_measured_and_not_cached(tmp_path, caplog):
+  config = tiny_config(tmp_path, {'run.steps_per_call': 0})
+  (tmp_path / 'cache' / pacing.CACHE_FILE).mkdir(parents=True)
+  assert pacing.steps_per_call(config, 10, lambda steps, limit: 0.001) >= 1
+  assert [r.levelname for r in caplog.records].count('WARNING') == 2  # Not read; not written.
+
+
 @pytest.mark.parametrize(
   ('path', 'bad', 'field'),
   [

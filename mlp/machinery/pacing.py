@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
+from input_pipeline.errors import UserError
 from mlp.core import configuration, steps
 from mlp.core.fields import Role
 from mlp.machinery import checked, devices, files
@@ -71,8 +72,11 @@ def _measure(config, seconds_per_step: Callable) -> dict[str, float]:
   scanned = seconds_per_step(steps, LOST_FACTOR * one)
   times = {'one_step_seconds': one, 'scanned_step_seconds': scanned}
   if devices.is_main_process():
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_atomic(path, json.dumps(cache | {key: times}, indent=1))
+    try:  # A cache: one that cannot be written costs a measurement next time, not this run.
+      path.parent.mkdir(parents=True, exist_ok=True)
+      files.write_atomic(path, json.dumps(cache | {key: times}, indent=1))
+    except (OSError, UserError) as error:
+      logging.warning('Pacing not cached (%s); the next run measures it again.', error)
   return times
 
 
