@@ -306,8 +306,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _refuse_repeated(argv: list[str]) -> None:
-  """A --config.<field> given twice is refused: absl keeps the last, and the run's name would
-  say the other."""
+  """A --config.<field> given twice is refused: absl merges a tuple's values or keeps one, and
+  the run's name says the last."""
   names = [a.partition('=')[0] for a in argv[1:] if a.startswith('--config.')]
   repeated = sorted({name for name in names if names.count(name) > 1})
   if repeated:
