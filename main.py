@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -63,7 +64,7 @@ def run_name(argv: list[str]) -> str:
 
   config_name = Path(config_flags.get_config_filename(FLAGS['config'])).stem
   overrides = [a.removeprefix('--config.') for a in argv if a.startswith('--config.')]
-  values = dict(o.partition('=')[::2] for o in overrides)  # The last of each field counts.
+  values = dict(o.partition('=')[::2] for o in overrides)  # parse_flags refuses repeats.
   roles = {path: field.role for path, field in configuration.SCHEMA.items()}
   kept = [
     f'{p}={v}' for p, v in sorted(values.items()) if roles.get(p, Role.EXECUTION) != Role.EXECUTION
@@ -302,13 +303,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     _flag_error(
       f'--config={config_arg}: no such file; use one of configs/{", configs/".join(configs)}.'
     )
+  _refuse_repeated(argv)
   try:
-    return FLAGS(argv)
+    remaining = FLAGS(argv)
   except flags.Error as error:
     _flag_error(_config_file_error(error))
   except (AttributeError, KeyError) as error:  # What ml_collections raises for an unknown field.
     from mlp.core import configuration
 
+    if "has no attribute 'get_config'" in str(error):
+      _flag_error(
+        f'--config={config_arg}: the file defines no get_config(); define one that '
+        'returns an ml_collections.ConfigDict, as configs/default.py does.'
+      )
     name, _, hint = str(error).replace('\\n', '\n').replace("\\'", '').strip('\'"').partition('\n')
     field = name.split("'")[1] if "'" in name else name
     new = configuration.moved_to(field)
@@ -316,6 +323,22 @@ def parse_flags(argv: list[str]) -> list[str]:
     _flag_error(f'unknown config field {name}. {hint}')
   except Exception as error:  # A config file that raises, or does not compile.
     _flag_error(_config_file_error(error))
+  if FLAGS.config is not None and not isinstance(FLAGS.config, ml_collections.ConfigDict):
+    _flag_error(
+      f'{config_flags.get_config_filename(FLAGS["config"])}: get_config() returned '
+      f'{FLAGS.config!r:.40}, not an ml_collections.ConfigDict; return one, as '
+      'configs/default.py does.'
+    )
+  return remaining
+
+
+def _refuse_repeated(argv: list[str]) -> None:
+  """A --config.<field> given twice is refused: absl merges a tuple's values or keeps one, and
+  the run's name says the last."""
+  names = [a.partition('=')[0] for a in argv[1:] if a.startswith('--config.')]
+  repeated = sorted({name for name in names if names.count(name) > 1})
+  if repeated:
+    _flag_error(f'{repeated[0]} is given {names.count(repeated[0])} times; give it once.')
 
 
 def usage() -> str:

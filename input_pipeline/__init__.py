@@ -7,7 +7,6 @@ know of its dataset (image shape, class names) comes from the tfds builder's inf
 with the arrays and saved with the run as DatasetInfo.
 """
 
-import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 from absl import logging
-from etils import epath
 
 from input_pipeline import mnist_files
 from input_pipeline.errors import PREPARED_COPY, UserError
+from mlp.machinery import checked, files
 
 # Where tfds downloads MNIST from; checked before a download is tried.
 DOWNLOAD_HOST = 'storage.googleapis.com'
@@ -71,23 +70,29 @@ class DatasetInfo:
   def save(self, workdir: str | os.PathLike) -> None:
     """Writes dataset.json atomically: renamed into place on a disk, uploaded whole in a bucket."""
     text = json.dumps(dataclasses.asdict(self), indent=2) + '\n'
-    if '://' in os.fspath(workdir):  # An object is replaced whole; a bucket has no rename.
-      (epath.Path(workdir) / INFO_FILE).write_text(text)
-      return
-    partial = Path(workdir) / f'{INFO_FILE}.tmp'
-    partial.write_text(text)
-    partial.replace(Path(workdir) / INFO_FILE)
+    files.write_atomic(files.path(workdir) / INFO_FILE, text)
 
   @classmethod
   def load(cls, workdir: str | os.PathLike) -> 'DatasetInfo':
-    path = epath.Path(workdir) / INFO_FILE
+    path = files.path(workdir) / INFO_FILE
     try:
-      values = json.loads(path.read_text())
-      return cls(values['name'], tuple(values['image_shape']), tuple(values['class_names']))
+      values = checked.read_json(path, INFO_SHAPE, 'train into a new workdir')
     except FileNotFoundError:
       raise UserError(f'{path} does not exist; train into this workdir first.') from None
-    except (ValueError, KeyError, TypeError) as error:
-      raise UserError(f'{path} is damaged ({error!r}); train into a new workdir.') from None
+    return cls(values['name'], tuple(values['image_shape']), tuple(values['class_names']))
+
+
+# dataset.json: a name, the (height, width, channels) of an image, and two classes or more.
+INFO_SHAPE = checked.Value(
+  dict,
+  fields={
+    'name': checked.Value(str, min_items=1),
+    'image_shape': checked.Value(
+      list, items=checked.Value(int, low=1, high=1 << 16), min_items=3, max_items=3
+    ),
+    'class_names': checked.Value(list, items=checked.Value(str), min_items=2),
+  },
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,9 +246,9 @@ def _load_stored_split(name, split, data_dir, cache_dir, download) -> Split:
   if cache_file is not None and cache_file.exists():
     try:
       with np.load(cache_file) as cached:
-        return Split(cached['images'], cached['labels'], tuple(cached['class_names'].tolist()))
+        return _checked_cache({name: cached[name] for name in CACHE_SHAPE.fields})
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-      logging.warning('Cache file %s is damaged (%r); decoding the split again.', cache_file, error)
+      logging.warning('Cache file %s is damaged (%s); decoding the split again.', cache_file, error)
   if cache_file is None:
     _check_can_download(name, data_path, download)
   if _reads_original_files(name, data_path):
@@ -254,6 +259,27 @@ def _load_stored_split(name, split, data_dir, cache_dir, download) -> Split:
   if cache_file is not None:
     _write_cache(cache_file, data)
   return data
+
+
+# A decoded split as cached: images (N, H, W, C), labels (N,) below the number of class names.
+CACHE_SHAPE = checked.Value(
+  dict,
+  fields={
+    'images': checked.Value(np.ndarray, dtype='uint8', ndim=4),
+    'labels': checked.Value(np.ndarray, dtype='int32', ndim=1),
+    'class_names': checked.Value(np.ndarray, dtype='U', ndim=1),
+  },
+)
+
+
+def _checked_cache(arrays: dict[str, np.ndarray]) -> Split:
+  """The cached split, once its arrays fit CACHE_SHAPE and each other; else ValueError."""
+  images, labels, names = checked.check(arrays, CACHE_SHAPE).values()
+  if not 0 < len(labels) == len(images) or 0 in images.shape or len(names) < 2:
+    raise ValueError(f'{len(images)} images, {len(labels)} labels, {len(names)} class names')
+  if labels.min() < 0 or labels.max() >= len(names):
+    raise ValueError(f'labels from {labels.min()} to {labels.max()} for {len(names)} classes')
+  return Split(images, labels, tuple(names.tolist()))
 
 
 def _check_cache_dir(cache_dir: Path) -> None:
@@ -269,19 +295,17 @@ def _check_cache_dir(cache_dir: Path) -> None:
 def _write_cache(cache_file: Path, data: Split) -> None:
   """Writes atomically; a failure (disk full, a file where the directory belongs) removes the
   partial file and is a one-line error naming run.cache_dir."""
-  partial = cache_file.with_suffix(f'.{os.getpid()}.tmp.npz')
   try:
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(partial, images=data.images, labels=data.labels, class_names=data.class_names)
-    partial.replace(cache_file)
+    with files.beside(cache_file) as partial:
+      with open(partial, 'wb') as file:
+        np.savez(file, images=data.images, labels=data.labels, class_names=data.class_names)
+      partial.replace(cache_file)
   except OSError as error:
     raise UserError(
       f'Cannot write the data cache {cache_file} ({error.strerror or error}); free space there '
       'or set --config.run.cache_dir to a writable directory.'
     ) from None
-  finally:
-    with contextlib.suppress(OSError):
-      partial.unlink(missing_ok=True)
 
 
 def split_off_validation(train: Split, fraction: float, data_seed: int) -> tuple[Split, Split]:

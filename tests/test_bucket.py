@@ -232,10 +232,23 @@ def test_bucket_lock_refuses_a_second_run_and_takes_over_an_expired_lease(gcs, m
   assert results.count('') == 1, results  # The generation condition lets exactly one in.
 
 
+def test_a_bucket_lock_deleted_under_its_run_stops_that_run(gcs, monkeypatch):
+  monkeypatch.setattr(lock, 'CHECK_SECONDS', 0.05)
+  stopped = []
+  monkeypatch.setattr(lock, 'lost', stopped.append)
+  workdir = epath.Path(f'gs://{BUCKET}/deleted')
+  with lock.locked(workdir):
+    files.blob(workdir / lock.LOCK_FILE).delete()  # By hand, or by a cleanup of the bucket.
+    deadline = time.time() + 10
+    while not stopped and time.time() < deadline:
+      time.sleep(0.05)
+  assert stopped == ['deleted/.lock']
+
+
 def test_a_sweep_writes_its_results_to_a_bucket(gcs, data_args):
   sweep_args = [
     f'--config={ROOT / "configs" / "sweep.py"}',
-    *data_args[1:],
+    *(a for a in data_args[1:] if not a.startswith('--config.optim.num_epochs=')),
     '--config.optim.num_epochs=1',
     '--config.optim.warmup_epochs=0',
     '--config.sweep.num_random=2',

@@ -7,12 +7,16 @@ subprocess cases check what a user sees from main.py.
 """
 
 import contextlib
+import copy
 import dataclasses
 import errno
 import fcntl
+import functools
 import gc
 import io
 import json
+import math
+import operator
 import os
 import re
 import shutil
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,8 +39,17 @@ from PIL import Image
 
 import input_pipeline
 from input_pipeline.errors import UserError
-from mlp.core import train
-from mlp.machinery import checkpoint, faults, lock, reporting, run_config, stopping
+from mlp.core import configuration, train
+from mlp.machinery import (
+  checked,
+  checkpoint,
+  faults,
+  lock,
+  pacing,
+  reporting,
+  run_config,
+  stopping,
+)
 from mlp.reader import export, predict
 
 pytestmark = pytest.mark.integration
@@ -273,6 +287,17 @@ def one_error_line(result, status=1) -> str:
   return line
 
 
+def without(args: list[str], fields: list[str]) -> list[str]:
+  """args less the --config.x flags that fields set again (main.py refuses a repeat)."""
+  names = {f.partition('=')[0] for f in fields if f.startswith('--config.')}
+  return [a for a in args if a.partition('=')[0] not in names]
+
+
+def overridden(args: list[str], *more: str) -> list[str]:
+  """args, then more; a --config.x in more replaces args' own."""
+  return [*without(args, more), *more]
+
+
 def cached_mock_splits(tmp_path, num_examples=400):
   """Random MNIST-shaped splits in a data cache, so a main.py subprocess reads them fast."""
   prepare_mock(tmp_path / 'tfds', 'mnist')
@@ -379,6 +404,37 @@ def _trained(change: Callable[[Path], None] | None = None) -> Callable[[Path], N
       change(directory / 'run')
 
   return setup
+
+
+def _as_directory(relative: str) -> Callable[[Path], None]:
+  """The run's file at relative replaced by a directory."""
+
+  def change(run: Path) -> None:
+    (run / relative).unlink()
+    (run / relative).mkdir()
+
+  return change
+
+
+def _as_file(relative: str) -> Callable[[Path], None]:
+  """The run's directory at relative replaced by a file."""
+
+  def change(run: Path) -> None:
+    shutil.rmtree(run / relative)
+    (run / relative).write_text('mine')
+
+  return change
+
+
+def _edit_latest_meta(**values) -> Callable[[Path], None]:
+  """The latest checkpoint's meta with values set (None: removed)."""
+
+  def change(run: Path) -> None:
+    meta = step_dirs(run)[-1] / 'meta' / 'metadata'
+    edited = {**json.loads(meta.read_text()), **values}
+    meta.write_text(json.dumps({k: v for k, v in edited.items() if v is not None}))
+
+  return change
 
 
 def _edit_config(**values) -> Callable[[Path], None]:
@@ -588,11 +644,11 @@ CASES = [
   Case('lock is a directory', (*TRAIN, RUN), 1, 'lock file', setup=_directory('run/.lock')),
   Case(
     'metrics.jsonl is a directory',
-    (*TRAIN, RUN),
+    (*TRAIN, '--config.optim.num_epochs=2', RUN),
     1,
     'metrics.jsonl: Is a directory',
     (CONFIG,),
-    _directory('run/metrics.jsonl'),
+    _trained(_as_directory(reporting.METRICS_FILE)),
   ),
   Case(
     'cache dir is a file',
@@ -849,16 +905,102 @@ CASES = [
     1,
     "No prepared 'mnist' dataset",
   ),
+  # Checked readers: a checkpoint whose metadata breaks its shape is set aside.
+  Case(
+    'checkpoint meta without format_version',
+    (*TRAIN, '--config.optim.num_epochs=2', RUN),
+    0,
+    'Set unreadable checkpoints aside',
+    setup=_trained(_edit_latest_meta(format_version=None)),
+  ),
+  Case(
+    'checkpoint meta with a negative epoch',
+    (*TRAIN, '--config.optim.num_epochs=2', RUN),
+    0,
+    'Set unreadable checkpoints aside',
+    setup=_trained(_edit_latest_meta(epoch=-1)),
+  ),
+  Case(
+    'tensorboard is a file',
+    (*TRAIN, '--config.optim.num_epochs=3', RUN),
+    1,
+    'tensorboard is a file',
+    (CONFIG, 'run/metrics.jsonl'),
+    _trained(_as_file('tensorboard')),
+  ),
+  # A workdir is a run's or nobody's.
+  Case(
+    'workdir of other files',
+    (*TRAIN, RUN),
+    1,
+    'it is not a run of this code',
+    ('run',),
+    _file('run/metrics.jsonl', '{"mine": 1}\n'),
+  ),
+  Case(
+    'checkpoints is a file',
+    (*TRAIN, '--config.optim.num_epochs=3', RUN),
+    1,
+    'is not a directory, where this run keeps its checkpoints',
+    (CONFIG, 'run/metrics.jsonl'),
+    _trained(_as_file('checkpoints')),
+  ),
+  Case(
+    'finished run again with another eval batch size',
+    (*TRAIN, '--config.optim.num_epochs=2', '--config.run.eval_batch_size=3', RUN),
+    0,
+    '',  # Its one line is INFO, which the driver does not show.
+    ('run/metrics.jsonl',),
+    _trained(),
+  ),
+  Case(
+    "export keeps the user's <file>.tmp",
+    ('--mode=export', RUN, '--export_file={dir}/out.jax'),
+    0,
+    '',
+    ('out.jax.tmp',),
+    lambda d: [_trained()(d), _file('out.jax.tmp', 'mine')(d)],
+  ),
+  # Values checked where they are declared; a study's fields given once.
+  Case(
+    'config field given twice',
+    (*TRAIN, '--config.mlp.hidden_sizes=32', '--config.mlp.hidden_sizes=64', RUN),
+    1,
+    '--config.mlp.hidden_sizes is given 2 times',
+  ),
+  Case(
+    'get_config returns no ConfigDict',
+    ('--config={dir}/c.py', RUN),
+    1,
+    'get_config() returned 5, not an ml_collections.ConfigDict',
+    setup=_file('c.py', 'def get_config():\n  return 5\n'),
+  ),
+  Case(
+    'config file without get_config',
+    ('--config={dir}/c.py', RUN),
+    1,
+    'the file defines no get_config()',
+    setup=_file('c.py', 'x = 1\n'),
+  ),
+  Case(
+    'coordinator address not host:port',
+    (*TRAIN, '--coordinator_address=not_an_address', RUN),
+    1,
+    "'not_an_address' (--coordinator_address or JAX_COORDINATOR_ADDRESS) is not host:port",
+  ),
 ]
 
 
 def _expand(args: tuple[str, ...], directory: Path, data: list[str]) -> list[str]:
+  """The case's arguments; where the case sets a field of the data flags, its value counts."""
+  data = without(data, [a.format(dir=directory) for a in args if a.startswith('--config.')])
   expanded = []
   for arg in args:
     if arg == '{data}':
       expanded += data
     elif arg == '{sweep}':
-      expanded += [f'--config={ROOT}/configs/sweep.py', *data[1:], '--config.optim.num_epochs=2']
+      sweep = overridden(data[1:], '--config.optim.num_epochs=2')
+      expanded += [f'--config={ROOT}/configs/sweep.py', *sweep]
     else:
       expanded.append(arg.format(dir=directory))
   return expanded
@@ -900,6 +1042,7 @@ def _run_main_here(argv: list[str]) -> int:
   for name in [n for n in flags.FLAGS if n.startswith('config.')]:  # config_flags adds them anew.
     delattr(flags.FLAGS, name)
   stopping.received.clear()
+  sys.modules.pop('config_config', None)  # ml_collections' name for every config file it runs.
   sys.argv = ['main.py', *argv]
   try:
     main.main(main.parse_flags(sys.argv))
@@ -918,11 +1061,16 @@ def drive(root: Path, names: list[str]) -> dict[str, dict]:
   absl_logging.use_absl_handler()
   stopping.exit_on_signals()
   os.chdir(root)
-  data = cached_mock_splits(root)
-  data = [*data[:-2], '--config.optim.batch_size=20', '--config.run.steps_per_call=0']
-  data.append('--config.optim.num_epochs=1')
+  data = overridden(
+    cached_mock_splits(root),
+    '--config.optim.batch_size=20',
+    '--config.run.steps_per_call=0',
+    '--config.optim.num_epochs=1',
+  )
   with _captured(root):
-    trained = _run_main_here([*data, '--config.optim.num_epochs=2', f'--workdir={root}/trained'])
+    trained = _run_main_here(
+      [*overridden(data, '--config.optim.num_epochs=2'), f'--workdir={root}/trained']
+    )
   assert trained == 0, (root / 'stderr.txt').read_text()
   results = {}
   for case in (c for c in CASES if c.name in names):
@@ -1097,8 +1245,9 @@ def _run_with_signals(case: SignalCase, directory: Path, data: list[str]):
 
 @pytest.mark.parametrize('case', SIGNAL_CASES, ids=[c.name for c in SIGNAL_CASES])
 def test_signal_table(tmp_path, case):
-  data = cached_mock_splits(tmp_path)
-  data = [*data[:-2], '--config.run.steps_per_call=0', '--config.optim.num_epochs=1']
+  data = overridden(
+    cached_mock_splits(tmp_path), '--config.run.steps_per_call=0', '--config.optim.num_epochs=1'
+  )
   if case.setup is not None:
     case.setup(tmp_path)
   status, stderr = _run_with_signals(case, tmp_path, data)
@@ -1211,7 +1360,9 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_files(
     data.append(f'--config.data.dir={copy}')
   if where == 'read-only':
     subprocess.run(['mount', '-o', 'remount,ro', str(small_disk)], check=True)
-  args = [*data, '--config.optim.batch_size=20', *(f.format(disk=small_disk) for f in flags)]
+  args = overridden(
+    data, '--config.optim.batch_size=20', *(f.format(disk=small_disk) for f in flags)
+  )
   result = run_main(*args, f'--workdir={small_disk}/run')
   found = problems(
     {'status': result.returncode, 'stderr': result.stderr, 'changed': [], 'runs_dir': False},
@@ -1240,3 +1391,404 @@ def test_machine_faults_become_one_line_and_bugs_do_not():
   exhausted = RuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 4.0T bytes')
   assert 'optim.batch_size' in str(faults.translate(exhausted))
   assert faults.translate(KeyError('a bug')) is None
+
+
+# Checked readers (mlp/machinery/checked.py): every file the project reads declares its shape.
+# Each case breaks one declared field in type, range or presence, generated from the
+# declaration, so a field added to a shape adds its cases.
+
+MISSING = object()
+
+
+def _out_of_range(shape: checked.Value, value) -> list[tuple[str, object]]:
+  """Values of the right type that break shape's range or size."""
+  found = []
+  if shape.kind in (int, float):
+    found += [('below', shape.low - 1)] if shape.low is not None else []
+    found += [('above', shape.high + 1)] if shape.high is not None else []
+    found += [('nan', math.nan), ('inf', math.inf)] if shape.kind is float and shape.finite else []
+  if shape.kind in (list, str) and shape.min_items:
+    found.append(('too short', value[: shape.min_items - 1]))
+  if shape.kind is list and shape.max_items is not None:
+    found.append(('too long', value + value[:1]))
+  if shape.kind is np.ndarray:
+    found += [('dtype', value.astype(np.float64)), ('ndim', value[..., None])]
+  return found
+
+
+def _wrong_kind(shape: checked.Value):
+  return {int: 'x', float: 'x', str: 5, bool: 'x', list: {'a': 1}, dict: [1]}.get(shape.kind, [1])
+
+
+def broken(shape: checked.Value, value, field: str = '', path: tuple = ()) -> Iterator[tuple]:
+  """(case, field, path, bad value): one declared field of value broken at a time; field is
+  named as checked.Mismatch names it."""
+  where = field or 'the whole file'
+  yield f'{where}: wrong type', where, path, _wrong_kind(shape)
+  for what, bad in _out_of_range(shape, value):
+    yield f'{where}: {what}', where, path, bad
+  prefix = f'{field}.' if field else ''
+  if shape.kind is dict:
+    for key, declared in (shape.fields or {}).items():
+      if not declared.optional:
+        yield f'{prefix}{key}: missing', prefix + key, (*path, key), MISSING
+      yield from broken(declared, value[key], prefix + key, (*path, key))
+    if shape.items is not None:
+      key = next(iter(value))
+      yield from broken(shape.items, value[key], prefix + key, (*path, key))
+  if shape.kind is list and shape.items is not None:
+    yield from broken(shape.items, value[0], f'{field}[0]', (*path, 0))
+
+
+def replaced(document, path: tuple, bad):
+  """A copy of document with the value at path replaced by bad (or removed: MISSING)."""
+  if not path:
+    return bad
+  document = copy.deepcopy(document)
+  *parents, last = path
+  inner = functools.reduce(operator.getitem, parents, document)
+  if bad is MISSING:
+    del inner[last]
+  else:
+    inner[last] = bad
+  return document
+
+
+def cases_of(shape: checked.Value, valid) -> list:
+  return [
+    pytest.param(path, bad, field, id=case) for case, field, path, bad in broken(shape, valid)
+  ]
+
+
+VALID_META = {
+  'format_version': checkpoint.FORMAT_VERSION,
+  'epoch': 1,
+  'epoch_steps': 3,
+  'epoch_sums': {'loss': 1.5},
+}
+VALID_INFO = {
+  'name': 'mnist',
+  'image_shape': [28, 28, 1],
+  'class_names': list(input_pipeline.DIGITS),
+}
+VALID_PACING = {'one_step_seconds': 0.01, 'scanned_step_seconds': 0.002}
+VALID_CACHE = {
+  'images': np.zeros((5, 4, 4, 1), np.uint8),
+  'labels': np.arange(5, dtype=np.int32),
+  'class_names': np.array(input_pipeline.DIGITS),
+}
+VALID_RECORD = {'train_loss': 0.5, 'step': 12, 'epoch': 2, 'val_accuracy': 0.9}
+
+
+def test_every_shape_is_met_by_what_this_code_writes():
+  """The valid documents the cases break are valid, so each case breaks exactly one thing."""
+  checkpoint.position_of(VALID_META, Path('step'))
+  checked.check(VALID_INFO, input_pipeline.INFO_SHAPE)
+  checked.check({'key': VALID_PACING}, pacing.CACHE_SHAPE)
+  input_pipeline._checked_cache(VALID_CACHE)
+  checked.check(VALID_RECORD, reporting.RECORD_SHAPE)
+
+
+@pytest.mark.parametrize(('path', 'bad', 'field'), cases_of(checkpoint.META_SHAPE, VALID_META))
+def test_checkpoint_meta_that_breaks_its_shape_is_damaged_or_of_other_code(path, bad, field):
+  """Damaged (ValueError): restore sets the checkpoint aside and uses the one before it.
+  A whole number of another version is another code's checkpoint: a UserError."""
+  with pytest.raises((ValueError, UserError)) as raised:
+    checkpoint.position_of(replaced(VALID_META, path, bad), Path('checkpoints/6'))
+  if isinstance(raised.value, UserError):
+    assert 'format version' in str(raised.value) and field == 'format_version'
+  else:
+    assert field in str(raised.value) and '\n' not in str(raised.value)
+
+
+@pytest.mark.parametrize(('path', 'bad', 'field'), cases_of(input_pipeline.INFO_SHAPE, VALID_INFO))
+def test_dataset_json_that_breaks_its_shape_is_one_line(tmp_path, path, bad, field):
+  (tmp_path / input_pipeline.INFO_FILE).write_text(json.dumps(replaced(VALID_INFO, path, bad)))
+  with pytest.raises(UserError) as raised:
+    input_pipeline.DatasetInfo.load(tmp_path)
+  message = str(raised.value)
+  assert input_pipeline.INFO_FILE in message and field in message and '\n' not in message
+
+
+PACING_CASES = cases_of(pacing.CACHE_SHAPE, {'key': VALID_PACING})
+
+
+@pytest.mark.parametrize(('path', 'bad', 'field'), PACING_CASES)
+def test_pacing_json_that_breaks_its_shape_is_measured_again(tmp_path, caplog, path, bad, field):
+  config = tiny_config(tmp_path, {'run.steps_per_call': 0})
+  key = pacing._key(config)
+  cache = tmp_path / 'cache' / pacing.CACHE_FILE
+  cache.parent.mkdir()
+  broken_cache = replaced({key: VALID_PACING}, tuple(key if p == 'key' else p for p in path), bad)
+  cache.write_text(json.dumps(broken_cache))
+  timed = []
+
+  def seconds_per_step(steps, limit):
+    timed.append(steps)
+    return 0.001
+
+  assert pacing.steps_per_call(config, 10, seconds_per_step) >= 1
+  assert timed, 'measured again'
+  assert [r.levelname for r in caplog.records].count('WARNING') == 1
+  assert pacing.CACHE_FILE in caplog.text and 'measuring the pacing again' in caplog.text
+  checked.check(json.loads(cache.read_text()), pacing.CACHE_SHAPE)  # Rebuilt whole.
+
+
+def test_a_pacing_json_that_is_a_directory_is_measured_and_not_cached(tmp_path, caplog):
+  config = tiny_config(tmp_path, {'run.steps_per_call': 0})
+  (tmp_path / 'cache' / pacing.CACHE_FILE).mkdir(parents=True)
+  assert pacing.steps_per_call(config, 10, lambda steps, limit: 0.001) >= 1
+  assert [r.levelname for r in caplog.records].count('WARNING') == 2  # Not read; not written.
+
+
+@pytest.mark.parametrize(
+  ('path', 'bad', 'field'),
+  [
+    *cases_of(input_pipeline.CACHE_SHAPE, VALID_CACHE),
+    pytest.param(('labels',), np.array([0, 1, 2, 3, 10], np.int32), 'labels', id='label too big'),
+    pytest.param(('labels',), np.array([-1, 1, 2, 3, 4], np.int32), 'labels', id='label < 0'),
+    pytest.param(('labels',), np.arange(4, dtype=np.int32), 'labels', id='fewer labels'),
+    pytest.param(('class_names',), np.array(['0']), 'class names', id='one class'),
+    pytest.param(('images',), np.zeros((5, 0, 4, 1), np.uint8), 'images', id='empty image'),
+  ],
+)
+def test_a_decoded_cache_that_breaks_its_shape_is_damaged(path, bad, field):
+  """load_split decodes such a split again, with a warning (the next test)."""
+  with pytest.raises((ValueError, KeyError)):
+    input_pipeline._checked_cache(replaced(VALID_CACHE, path, bad))
+
+
+def test_a_cache_with_labels_out_of_range_is_decoded_again(tmp_path, mock_mnist, caplog):
+  config = tiny_config(tmp_path)
+  input_pipeline.load_split('mnist', 'test', config.data.dir, config.run.cache_dir)
+  cache = input_pipeline._cache_file('mnist', 'test', tmp_path / 'tfds', config.run.cache_dir)
+  with np.load(cache) as stored:
+    arrays = dict(stored)
+  np.savez(cache, **{**arrays, 'labels': np.full_like(arrays['labels'], 10)})
+  split = input_pipeline.load_split('mnist', 'test', config.data.dir, config.run.cache_dir)
+  assert 0 <= split.labels.min() and split.labels.max() < 10
+  assert 'decoding the split again' in caplog.text
+
+
+@pytest.mark.parametrize(('path', 'bad', 'field'), cases_of(reporting.RECORD_SHAPE, VALID_RECORD))
+def test_a_metrics_line_that_breaks_its_shape_is_dropped_with_those_after_it(
+  tmp_path, caplog, path, bad, field
+):
+  first = {'train_loss': 0.7, 'step': 6, 'epoch': 1, 'val_accuracy': 0.8}
+  lines = [first, replaced(VALID_RECORD, path, bad), {'test_loss': 0.4, 'test_accuracy': 0.9}]
+  (tmp_path / reporting.METRICS_FILE).write_text(''.join(json.dumps(x) + '\n' for x in lines))
+  assert reporting.read_records(tmp_path) == [first]
+  assert reporting.read_results(tmp_path, 2) is None
+  assert 'line 2 is damaged' in caplog.text
+
+
+def test_whole_metrics_give_the_records_and_the_results_of_a_finished_run(tmp_path):
+  lines = [{'step': 6, 'epoch': 1, 'train_loss': 0.7}, VALID_RECORD, {'test_loss': 0.4}]
+  (tmp_path / reporting.METRICS_FILE).write_text(''.join(json.dumps(x) + '\n' for x in lines))
+  assert reporting.read_records(tmp_path) == lines[:2]
+  assert reporting.read_results(tmp_path, 2) == {'records': lines[:2], 'test_loss': 0.4}
+  assert reporting.read_results(tmp_path, 3) is None
+
+
+CONFIG_FIELDS = list(run_config.to_dict(configuration.defaults()))
+NO_FIELDS_TYPE = {'of': 'no field'}  # No config field holds a dict.
+
+
+@pytest.mark.parametrize(
+  ('field', 'bad'),
+  [
+    *[pytest.param(path, NO_FIELDS_TYPE, id=f'{path}: wrong type') for path in CONFIG_FIELDS],
+    pytest.param('model', MISSING, id='model: missing'),
+    pytest.param('model', 5, id='model: wrong type'),
+    pytest.param('', [1], id='the whole file: wrong type'),
+  ],
+)
+def test_config_json_that_breaks_its_shape_is_one_line(tmp_path, field, bad):
+  """config.json's fields are the schema's: a value of no field's type breaks every one."""
+  import main
+
+  values = run_config.to_dict(configuration.defaults())
+  document = replaced(values, (field,) if field else (), bad)
+  (tmp_path / run_config.CONFIG_FILE).write_text(json.dumps(document))
+  with pytest.raises(UserError) as raised:
+    main.load_saved(str(tmp_path))
+  message = str(raised.value)
+  assert run_config.CONFIG_FILE in message and (field or 'whole file') in message
+  assert '\n' not in message
+
+
+# A workdir is a run's or nobody's.
+
+
+@pytest.mark.parametrize(
+  ('names', 'refused'),
+  [
+    ((), False),
+    ((lock.LOCK_FILE,), False),
+    ((lock.LOCK_FILE, '.config.json.1a2b.tmp'), False),  # Process 0 of this run writing it.
+    ((run_config.CONFIG_FILE, reporting.METRICS_FILE), False),
+    ((reporting.METRICS_FILE, input_pipeline.INFO_FILE), True),
+    (('notes.txt',), True),
+    ((run_config.CONFIG_FILE, 'checkpoints'), True),  # checkpoints as a file.
+  ],
+)
+def test_training_refuses_a_workdir_that_is_not_a_run_of_this_code(tmp_path, names, refused):
+  for name in names:
+    (tmp_path / name).write_text('mine')
+  before = _fingerprint(tmp_path)
+  with pytest.raises(UserError) if refused else contextlib.nullcontext() as raised:
+    lock.refuse_foreign(tmp_path)
+  if refused:
+    assert '\n' not in str(raised.value) and str(tmp_path) in str(raised.value)
+  assert _fingerprint(tmp_path) == before
+
+
+@pytest.fixture
+def trained_copy(tmp_path, mock_trained_workdir) -> Path:
+  """A copy of the session's finished mock run (2 epochs)."""
+  return Path(shutil.copytree(mock_trained_workdir, tmp_path / 'run'))
+
+
+def test_a_run_whose_checkpoints_are_a_file_is_refused_untouched(
+  trained_copy, mock_trained_workdir
+):
+  shutil.rmtree(trained_copy / checkpoint.CHECKPOINT_DIR)
+  (trained_copy / checkpoint.CHECKPOINT_DIR).write_text('mine')
+  before = _fingerprint(trained_copy)
+  config = tiny_config(mock_trained_workdir.parent, {'optim.num_epochs': 3})
+  with pytest.raises(UserError, match='is not a directory, where this run keeps its checkpoints'):
+    train.train_and_evaluate(config, trained_copy)
+  after = _fingerprint(trained_copy)
+  assert {k: v for k, v in after.items() if not k.endswith(lock.LOCK_FILE)} == {
+    k: v for k, v in before.items() if not k.endswith(lock.LOCK_FILE)
+  }
+
+
+def test_a_finished_run_run_again_keeps_its_results(trained_copy, mock_trained_workdir):
+  metrics = (trained_copy / reporting.METRICS_FILE).read_bytes()
+  config = tiny_config(
+    mock_trained_workdir.parent, {'optim.num_epochs': 2, 'run.eval_batch_size': 3}
+  )
+  result = train.train_and_evaluate(config, trained_copy)
+  assert (trained_copy / reporting.METRICS_FILE).read_bytes() == metrics
+  *records, test = [json.loads(line) for line in metrics.decode().splitlines()]
+  assert result == {'records': records, **{k: v for k, v in test.items() if k.startswith('test_')}}
+
+
+def test_temporary_files_never_take_a_users_name(tmp_path):
+  from mlp.machinery import files
+
+  target = tmp_path / 'config.json'
+  for name in ('config.json.tmp', '.config.json.tmp'):
+    (tmp_path / name).write_text('mine')
+  files.write_atomic(target, 'new')
+  export._write_file(tmp_path / 'model.jax', b'model')
+  assert target.read_text() == 'new' and (tmp_path / 'model.jax').read_bytes() == b'model'
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+    '.config.json.tmp',
+    'config.json',
+    'config.json.tmp',
+    'model.jax',
+  ]
+  assert (tmp_path / 'config.json.tmp').read_text() == 'mine'
+
+
+class _FakeBlob:
+  """A bucket's lock object, as much of google-cloud-storage's Blob as the lease uses."""
+
+  def __init__(self):
+    self.name, self.generation, self.live = 'run/.lock', None, None
+    self.bucket = self
+
+  def upload_from_string(self, text, if_generation_match=None, **options):
+    from google.api_core import exceptions
+
+    if if_generation_match != (self.live or 0):
+      raise exceptions.PreconditionFailed('generation')
+    self.live = self.generation = (self.live or 0) + 1
+
+  def get_blob(self, name, **options):
+    return None if self.live is None else types.SimpleNamespace(generation=self.live)
+
+  def delete(self, **options):
+    self.live = None
+
+
+@pytest.mark.parametrize('deleted', [True, False])
+def test_a_bucket_lock_that_disappears_stops_its_holder(monkeypatch, deleted):
+  blob = _FakeBlob()
+  monkeypatch.setattr(lock.files, 'blob', lambda path: blob)
+  monkeypatch.setattr(lock, 'CHECK_SECONDS', 0.01)
+  stopped = []
+  monkeypatch.setattr(lock, 'lost', stopped.append)
+  lease = lock._Lease('gs://bucket/run/.lock')
+  assert lease.take() == ''
+  lease.hold()
+  if deleted:
+    blob.live = None  # Another hand deleted it; a second run could now take it.
+  deadline = time.time() + 5
+  while not stopped and time.time() < deadline:
+    time.sleep(0.01)
+  time.sleep(0.05)
+  lease.release()
+  assert stopped == (['run/.lock'] if deleted else [])
+
+
+def test_a_lost_lock_ends_the_process_with_one_line():
+  done = subprocess.run(
+    [sys.executable, '-c', 'from mlp.machinery import lock; lock.lost("run/.lock")'],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=120,
+  )
+  assert done.returncode == 1
+  assert 'run/.lock of this run was deleted' in one_error_line(done)
+
+
+# A study knows its base config; a flag is given once.
+
+
+def test_a_study_refuses_a_worker_with_another_base_config(tmp_path):
+  import optuna
+
+  from mlp.tools import study
+
+  search = {
+    'study_name': 's1',
+    'sampler': 'random',
+    'pruner': 'none',
+    'seed': 0,
+    'max_parallel': 1,
+    'num_random': 1,
+    'grid': {'optim.learning_rate': [1e-3, 2e-3]},
+    'random': {},
+  }
+  storage = optuna.storages.InMemoryStorage()
+  base = tiny_config(tmp_path)
+  listed = [{'optim.learning_rate': 1e-3}, {'optim.learning_rate': 2e-3}]
+  study.open_study(search, listed, storage, study.base_fields(base, search))
+  for same in ({'run.eval_batch_size': 5}, {'optim.learning_rate': 0.1}):  # Execution, searched.
+    study.open_study(
+      search, listed, storage, study.base_fields(tiny_config(tmp_path, same), search)
+    )
+  other = tiny_config(tmp_path, {'mlp.hidden_sizes': (64,), 'data.seed': 3})
+  with pytest.raises(UserError, match=r'another base config \(data.seed: 0 there, 3 here; mlp'):
+    study.open_study(search, listed, storage, study.base_fields(other, search))
+
+
+@pytest.mark.parametrize(
+  'argv',
+  [
+    ['--config.mlp.hidden_sizes=32', '--config.mlp.hidden_sizes=64'],
+    ['--config.optim.batch_size=8', '--config.seed=1', '--config.optim.batch_size', '8'],
+  ],
+)
+def test_a_config_field_given_twice_is_refused(capsys, argv):
+  import main
+
+  with pytest.raises(SystemExit) as exit:
+    main._refuse_repeated(['main.py', f'--config={DEFAULT}', *argv])
+  assert exit.value.code == 1
+  (line,) = capsys.readouterr().err.splitlines()
+  assert re.search(r'--config\.\S+ is given 2 times; give it once\.$', line)

@@ -40,6 +40,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   stopping.Stopped.
   """
   with Run(config, workdir) as run:
+    if finished := run.results():
+      return finished
     splits = input_pipeline.load_splits(config)
     logging.info('Data: %s.', splits)
     trainer, state = setup(config, splits.info, splits.train, splits.validation)

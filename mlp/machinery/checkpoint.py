@@ -29,7 +29,7 @@ from absl import logging
 from input_pipeline import DatasetInfo
 from input_pipeline.errors import UserError
 from mlp.core import build, steps
-from mlp.machinery import devices, files, run_config
+from mlp.machinery import checked, devices, files, run_config
 
 # Bump when the train state's structure changes; older checkpoints are then refused clearly.
 # 2: the Position (epoch_steps, epoch_sums) beside the epoch.
@@ -67,8 +67,35 @@ class Position:
     return self.epoch > num_epochs or (self.epoch == num_epochs and self.epoch_steps > 0)
 
 
+# A checkpoint's meta file: its format version first (a version of other code is refused),
+# then the Position. One that breaks this shape is damaged, like a checkpoint that does not read.
+VERSION_SHAPE = checked.Value(dict, fields={'format_version': checked.Value(int)})
+META_SHAPE = checked.Value(
+  dict,
+  fields={
+    'format_version': checked.Value(int, low=FORMAT_VERSION, high=FORMAT_VERSION),
+    'epoch': checked.Value(int, low=0),
+    'epoch_steps': checked.Value(int, low=0),
+    'epoch_sums': checked.Value(dict, items=checked.Value(float, finite=False), nullable=True),
+  },
+)
+
+
+def position_of(meta: dict, where: Path) -> Position:
+  """The Position a checkpoint's meta holds; a UserError for another format version, and
+  checked.Mismatch for meta that is damaged (then the checkpoint is unreadable)."""
+  version = checked.check(meta, VERSION_SHAPE)['format_version']
+  if version != FORMAT_VERSION:
+    raise UserError(
+      f'Checkpoint {where} has format version {version}, this code reads version '
+      f'{FORMAT_VERSION}; train into a new workdir.'
+    )
+  checked.check(meta, META_SHAPE)
+  return Position(**{f.name: meta[f.name] for f in dataclasses.fields(Position)})
+
+
 def furthest_position(workdir: Path) -> Position | None:
-  """The Position of the newest checkpoint whose meta file reads, without opening orbax.
+  """The Position of the newest checkpoint whose meta file reads and fits, without orbax.
 
   Cheap enough to ask before a run starts (and before it rewrites config.json).
   """
@@ -77,11 +104,26 @@ def furthest_position(workdir: Path) -> Position | None:
     found, key=lambda p: -int(p.parents[1].name) if p.parents[1].name.isdigit() else 0
   ):
     try:
-      meta = json.loads(path.read_text())
-      return Position(**{f.name: meta[f.name] for f in dataclasses.fields(Position)})
-    except (OSError, ValueError, KeyError, TypeError):
+      return position_of(checked.parse(path, checked.Value(dict)), path.parents[1])
+    except (OSError, ValueError):
       continue
   return None
+
+
+def finished_at(workdir: Path, num_epochs: int) -> bool:
+  """Whether the newest checkpoint ends training at num_epochs and its JSON files read: a
+  re-run of such a run has nothing left to train."""
+  found = (files.path(workdir) / CHECKPOINT_DIR).glob('*')
+  steps = [p for p in found if p.name.isdigit()]
+  if not steps:
+    return False
+  newest = max(steps, key=lambda p: int(p.name))
+  try:
+    _check_metadata(newest)
+    meta = checked.parse(newest / 'meta' / 'metadata', checked.Value(dict))
+    return position_of(meta, newest) == Position(num_epochs)
+  except (OSError, ValueError, UserError):
+    return False
 
 
 def check_end(workdir: Path, num_epochs: int) -> None:
@@ -219,16 +261,10 @@ def _check_metadata(step_dir: Path) -> None:
 def _restore(manager, step: int, abstract_state) -> tuple[steps.TrainState, Position]:
   _check_metadata(manager.directory / str(step))
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-  if meta.get('format_version') != FORMAT_VERSION:
-    raise UserError(
-      f'Checkpoint {manager.directory / str(step)} has format version '
-      f'{meta.get("format_version")}, this code reads version {FORMAT_VERSION}; '
-      'train into a new workdir.'
-    )
+  position = position_of(meta, manager.directory / str(step))
   restored = manager.restore(
     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_saved_tree(abstract_state)))
   )
-  position = Position(**{f.name: meta[f.name] for f in dataclasses.fields(Position)})
   return abstract_state.replace(**restored.state), position
 
 

@@ -45,6 +45,8 @@ def initialize_distributed(
       process_id = int(os.environ[ENV_PROCESS_ID])
     if not auto and (coordinator_address, num_processes, process_id) == (None, None, None):
       return False
+    if coordinator_address is not None:
+      check_address(coordinator_address)
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   except ValueError as error:  # A bad number, or JAX naming the missing setting.
     raise UserError(
@@ -53,6 +55,17 @@ def initialize_distributed(
       f' {ENV_PROCESS_ID}), unless the cluster provides them.'
     ) from None
   return True
+
+
+def check_address(address: str) -> None:
+  """The coordinator's address is host:port, the port a number from 1 to 65535."""
+  host, colon, port = address.rpartition(':')
+  if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+    raise UserError(
+      f'The coordinator address {address!r} (--coordinator_address or '
+      f"{ENV_COORDINATOR_ADDRESS}) is not host:port; give process 0's host and a free port, "
+      'such as 10.0.0.2:1234.'
+    )
 
 
 def is_main_process() -> bool:

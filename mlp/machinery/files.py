@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import pathlib
+import secrets
 from collections.abc import Iterator
 
 from etils import epath
@@ -49,9 +50,25 @@ def write_atomic(target: AnyPath, data: str | bytes) -> None:
     if in_bucket(target):
       target.write_bytes(data)
       return
-    partial = target.with_name(target.name + '.tmp')
-    partial.write_bytes(data)
-    partial.replace(target)
+    with beside(target) as partial:
+      partial.write_bytes(data)
+      partial.replace(target)
+
+
+@contextlib.contextmanager
+def beside(target: pathlib.Path) -> Iterator[pathlib.Path]:
+  """A new empty file in target's directory to write and then rename over target; removed if
+  it is still there at the end.
+
+  Its name ('.<target>.<random>.tmp') is created exclusively, so it is never a user's file;
+  its mode is a new file's (tempfile's would be 0600, and the renamed file private).
+  """
+  partial = target.with_name(f'.{target.name}.{secrets.token_hex(6)}.tmp')
+  os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+  try:
+    yield partial
+  finally:
+    partial.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

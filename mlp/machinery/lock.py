@@ -35,6 +35,7 @@ from mlp.machinery import files
 
 LOCK_FILE = '.lock'
 LEASE_SECONDS = 60.0
+CHECK_SECONDS = 2.0  # How often a bucket run makes sure its lock object is still there.
 
 
 def prepare(workdir: files.AnyPath) -> None:
@@ -45,6 +46,27 @@ def prepare(workdir: files.AnyPath) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as error:
     raise UserError(f'Cannot create --workdir={workdir} ({files.first_line(error)}).') from None
+
+
+def refuse_foreign(workdir: files.AnyPath) -> None:
+  """A workdir is a run's or nobody's: training refuses a directory that holds files but no
+  config.json (not a run of this code), and a run whose checkpoints are not a directory,
+  before it reads or writes anything there."""
+  names = sorted(p.name for p in workdir.iterdir()) if workdir.is_dir() else []
+  # The lock, and a file being written by process 0 of this run (files.beside) are this run's.
+  foreign = [n for n in names if n != LOCK_FILE and not (n[0] == '.' and n.endswith('.tmp'))]
+  if foreign and 'config.json' not in names:
+    shown = ', '.join(foreign[:3]) + (', ...' if len(foreign) > 3 else '')
+    raise UserError(
+      f'--workdir={workdir} holds files ({shown}) but no config.json: it is not a run of this '
+      'code; name a new or empty directory.'
+    )
+  checkpoints = workdir / 'checkpoints'
+  if checkpoints.exists() and not checkpoints.is_dir():
+    raise UserError(
+      f'{checkpoints} is not a directory, where this run keeps its checkpoints; move it away '
+      '(or back) and run the same command again.'
+    )
 
 
 @contextlib.contextmanager
@@ -167,11 +189,39 @@ class _Lease:
     self._blob.upload_from_string(json.dumps(lease), **options)
 
   def _renew(self) -> None:
-    while not self._done.wait(LEASE_SECONDS / 3):
+    """Renews the lease every LEASE_SECONDS / 3, and every CHECK_SECONDS makes sure the lock
+    object is still this run's; one deleted or replaced by another run ends this one."""
+    from google.api_core import exceptions
+
+    renewed = time.monotonic()
+    while not self._done.wait(min(CHECK_SECONDS, LEASE_SECONDS / 3)):
       try:
-        self._write(if_generation_match=self._blob.generation, retry=None, timeout=10)
+        if time.monotonic() - renewed >= LEASE_SECONDS / 3:
+          self._write(if_generation_match=self._blob.generation, retry=None, timeout=10)
+          renewed = time.monotonic()
+          continue
+        live = self._blob.bucket.get_blob(self._blob.name, retry=None, timeout=10)
+        if live is None or live.generation != self._blob.generation:
+          raise exceptions.PreconditionFailed('the lock object changed')
+      except (exceptions.PreconditionFailed, exceptions.NotFound):
+        if not self._done.is_set():  # Released meanwhile: that is this run's own delete.
+          lost(self._blob.name)
+        return
       except Exception as error:  # The next renewal tries again, within the lease.
         logging.warning('Renewing the lock %s failed: %s', self._blob.name, files.first_line(error))
+
+
+def lost(name: str) -> None:
+  """Ends this process at once, with one line: its lock object was deleted or taken, so
+  another run may write in the workdir; anything this one wrote after that could mix with it."""
+  logging.error(
+    'The lock %s of this run was deleted or replaced while it trained, so another run may '
+    'write there; stopped at once, keeping the checkpoints written so far. Make sure one run '
+    'at a time uses this --workdir, then run the same command again.',
+    name,
+  )
+  logging.flush()
+  os._exit(1)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ nothing. How a run is paced never changes its numbers (run.steps_per_call is an 
 
 import hashlib
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -24,9 +23,10 @@ import numpy as np
 from absl import logging
 
 import input_pipeline
+from input_pipeline.errors import UserError
 from mlp.core import configuration, steps
 from mlp.core.fields import Role
-from mlp.machinery import devices
+from mlp.machinery import checked, devices, files
 
 CALL_SECONDS = 1.5  # A scanned call's target length.
 # The scan probe's length: enough steps for a call of PROBE_SECONDS, within these bounds. The
@@ -56,11 +56,12 @@ def _cache_path(config) -> Path:
   return Path(config.run.cache_dir or input_pipeline.default_cache_dir()) / CACHE_FILE
 
 
-def _read_cache(path: Path) -> dict:
-  try:
-    return json.loads(path.read_text())
-  except (OSError, ValueError):
-    return {}
+# pacing.json: by key, both ways' seconds per step, each positive and under an hour.
+SECONDS = checked.Value(float, low=1e-9, high=3600.0)
+CACHE_SHAPE = checked.Value(
+  dict,
+  items=checked.Value(dict, fields={'one_step_seconds': SECONDS, 'scanned_step_seconds': SECONDS}),
+)
 
 
 def timer(call: Callable, state, batches) -> Callable[[int, float | None], float]:
@@ -90,18 +91,19 @@ def timer(call: Callable, state, batches) -> Callable[[int, float | None], float
 def _measure(config, seconds_per_step: Callable) -> dict[str, float]:
   """Both ways' seconds per step, from the cache or measured (and then cached)."""
   path, key = _cache_path(config), _key(config)
-  cached = _read_cache(path).get(key)
-  if cached is not None:
-    return cached
+  cache = checked.read_derived(path, CACHE_SHAPE, 'measuring the pacing again') or {}
+  if key in cache:
+    return cache[key]
   one = seconds_per_step(1, None)
   steps = int(min(max(PROBE_SECONDS / one, PROBE_STEPS[0]), PROBE_STEPS[1]))
   scanned = seconds_per_step(steps, LOST_FACTOR * one)
   times = {'one_step_seconds': one, 'scanned_step_seconds': scanned}
   if devices.is_main_process():
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f'.{os.getpid()}.tmp')
-    partial.write_text(json.dumps(_read_cache(path) | {key: times}, indent=1))
-    partial.replace(path)
+    try:  # A cache: one that cannot be written costs a measurement next time, not this run.
+      path.parent.mkdir(parents=True, exist_ok=True)
+      files.write_atomic(path, json.dumps(cache | {key: times}, indent=1))
+    except (OSError, UserError) as error:
+      logging.warning('Pacing not cached (%s); the next run measures it again.', error)
   return times
 
 

@@ -28,7 +28,8 @@ from tensorboardX import summary
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event
 
-from mlp.machinery import files
+from input_pipeline.errors import UserError
+from mlp.machinery import checked, files
 
 TENSORBOARD_DIR = 'tensorboard'
 METRICS_FILE = 'metrics.jsonl'
@@ -38,6 +39,74 @@ SPLIT_PREFIXES = ('train', 'val', 'test')
 # The fields of a record that measure time: they differ between runs that agree on every number.
 TIMINGS = ('examples_per_sec', 'train_seconds', 'elapsed_seconds')
 _writer_ids = itertools.count()
+
+
+# A line of metrics.jsonl: a metric's value by name (NaN and infinities written as such), and
+# in an epoch's record the epoch, counted from 1.
+RECORD_SHAPE = checked.Value(
+  dict,
+  fields={
+    'step': checked.Value(int, low=1, optional=True),  # Records of older runs lack it.
+    'epoch': checked.Value(int, low=1, optional=True),  # Their test lines lack this too.
+  },
+  items=checked.Value(float, finite=False),
+)
+
+
+def _follows(record: dict, previous: dict | None) -> bool:
+  """Whether record may come after previous: later in steps, or in epochs where one has none."""
+  if previous is None:
+    return True
+  if 'step' in record and 'step' in previous:
+    return record['step'] > previous['step'] and record['epoch'] >= previous['epoch']
+  return record['epoch'] > previous['epoch']
+
+
+def _whole_records(workdir: files.AnyPath) -> tuple[list[dict], list[dict]]:
+  """The records of metrics.jsonl that are whole and in order, and the test lines after them."""
+  path = files.path(workdir) / METRICS_FILE
+  if not path.exists():
+    return [], []
+  records, tests = [], []
+  for number, line in enumerate(path.read_bytes().decode(errors='replace').splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = checked.check(json.loads(line), RECORD_SHAPE)
+      test = any(name.startswith('test_') for name in record)
+      previous = records[-1] if records else None
+      whole = test or ('epoch' in record and not tests and _follows(record, previous))
+    except ValueError:
+      whole = False
+    if not whole:
+      logging.warning(
+        '%s: line %d is damaged; dropping it and the lines after it, which training from an '
+        'earlier checkpoint writes again.',
+        path,
+        number,
+      )
+      break
+    (tests if test else records).append(record)
+  return records, tests
+
+
+def read_records(workdir: files.AnyPath) -> list[dict]:
+  """The records of metrics.jsonl that are whole and in order, test lines left out.
+
+  Each line is checked against RECORD_SHAPE. A damaged line is dropped with a warning, with
+  every line after it: the run resumes from a checkpoint at or before the last whole record and
+  writes them again.
+  """
+  return _whole_records(workdir)[0]
+
+
+def read_results(workdir: files.AnyPath, num_epochs: int) -> dict | None:
+  """What a finished run returned: its records up to epoch num_epochs and its test metrics;
+  None while metrics.jsonl holds no such whole run. A finished run re-run returns these."""
+  records, tests = _whole_records(workdir)
+  if not records or records[-1]['epoch'] != num_epochs or len(tests) != 1:
+    return None
+  return {'records': records, **{k: v for k, v in tests[0].items() if k.startswith('test_')}}
 
 
 def tag(name: str) -> str:
@@ -86,6 +155,11 @@ class Metrics:
     self._local = tempfile.mkdtemp(prefix='tensorboard-') if files.in_bucket(self.workdir) else ''
     if enabled:
       if not self._local:
+        if self._logdir.exists() and not self._logdir.is_dir():
+          raise UserError(
+            f'{self._logdir} is a file, where the run writes its TensorBoard summaries; move it '
+            'away and run the same command again.'
+          )
         self._logdir.mkdir(parents=True, exist_ok=True)
       # tensorboardX names files by the second and truncates existing ones: a resume within
       # the same second would erase the earlier file without a suffix of its own.

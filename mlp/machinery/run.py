@@ -6,7 +6,6 @@ whether to stop; everything that makes that safe to interrupt and resume is here
 """
 
 import contextlib
-import json
 import time
 
 import jax
@@ -60,42 +59,6 @@ class Clock:
       self._started = None
 
 
-def read_records(workdir: files.AnyPath, steps_per_epoch: int) -> list[dict]:
-  """The records of metrics.jsonl that are whole and in order of step, test lines left out.
-
-  A damaged line is dropped with a warning, with every line after it: the run resumes from a
-  checkpoint at or before the last whole one and writes them again. Records written before
-  records carried steps were one per epoch: their step is the epoch's last.
-  """
-  path = workdir / reporting.METRICS_FILE
-  if not path.exists():
-    return []
-  records = []
-  for number, line in enumerate(path.read_bytes().decode(errors='replace').splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-      if any(name.startswith('test_') for name in record):
-        continue  # The test line: written again at the end.
-      record = {'step': record['epoch'] * steps_per_epoch, **record}
-      whole = isinstance(record['step'], int) and record['step'] > (
-        records[-1]['step'] if records else 0
-      )
-    except (ValueError, TypeError, KeyError):
-      whole = False
-    if not whole:
-      logging.warning(
-        '%s: line %d is damaged; dropping it and the lines after it, which training from an '
-        'earlier checkpoint writes again.',
-        path,
-        number,
-      )
-      break
-    records.append(record)
-  return records
-
-
 class Run:
   """The workdir of one training run, locked from __enter__ to __exit__."""
 
@@ -112,6 +75,7 @@ class Run:
 
   def __enter__(self) -> 'Run':
     lock.prepare(self.workdir)
+    lock.refuse_foreign(self.workdir)
     self._exits.enter_context(lock.locked(self.workdir))
     self._stop = self._exits.enter_context(stopping.StopRequests())
     self._check_config()
@@ -148,6 +112,15 @@ class Run:
     if devices.is_main_process():
       run_config.save(self.config, self.workdir)
 
+  def results(self) -> dict | None:
+    """A finished run's records and test metrics, which a re-run returns untouched; else None."""
+    num_epochs = self.config.optim.num_epochs
+    finished = reporting.read_results(self.workdir, num_epochs)
+    if finished and checkpoint.finished_at(self.workdir, num_epochs):
+      logging.info('%s is complete; its results in metrics.jsonl stand.', self.workdir)
+      return finished
+    return None
+
   def start(self, splits: input_pipeline.Splits, state: TrainState, steps_per_epoch: int):
     """The state to train from, its step and the metric sums since the last record.
 
@@ -156,7 +129,9 @@ class Run:
     if devices.is_main_process():
       splits.info.save(self.workdir)
     self.splits, self.steps_per_epoch = splits, steps_per_epoch
-    records = read_records(self.workdir, steps_per_epoch)
+    records = [
+      {'step': r['epoch'] * steps_per_epoch, **r} for r in reporting.read_records(self.workdir)
+    ]
     last_epoch = records[-1]['step'] // steps_per_epoch if records else 0
     self._manager, restored, position = checkpoint.restore_latest(
       self.workdir, checkpoint.abstract(state), self.config.run.keep_checkpoints, last_epoch
@@ -204,6 +179,7 @@ class Run:
     self.clock.stop(state)
     epoch, epoch_steps = divmod(step, self.steps_per_epoch)
     host = {k: float(v) for k, v in jax.device_get(sums).items()}
+    host = host if host[metrics.COUNT] else None  # None: nothing trained since the last record.
     checkpoint.save(self._manager, state, checkpoint.Position(epoch, epoch_steps, host))
 
   def stop_requested(self, step: int) -> bool:

@@ -14,9 +14,16 @@ from input_pipeline.errors import UserError
 from mlp.core import models
 from mlp.core.configuration import SCHEMA, assign, defaults, get, in_use, with_role
 from mlp.core.fields import Role
-from mlp.machinery import files
+from mlp.machinery import checked, files
 
 CONFIG_FILE = 'config.json'
+# A field's value is a JSON scalar or list; whether it works is the schema's to check
+# (configuration.assign and validate).
+SHAPE = checked.Value(
+  dict,
+  fields={'model': checked.Value(str)},
+  items=checked.Value((str, int, float, bool, list), nullable=True),
+)
 _WARNED: set[str] = set()  # config.json files whose dropped fields were told once.
 
 
@@ -37,12 +44,8 @@ def load(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   path = files.path(workdir) / CONFIG_FILE
   if not path.is_file():
     raise UserError(f'{path} does not exist; train into this workdir first.')
-  try:
-    values = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as error:
-    raise UserError(f'{path} is not valid JSON ({error}); train into a new workdir.') from None
-  if not isinstance(values, dict) or not isinstance(values.get('model'), str):
-    raise UserError(f'{path} is not a config of this code; train into a new workdir.')
+  action = 'it is not a config of this code: train into a new workdir'
+  values = checked.read_json(path, SHAPE, action)
   config = defaults()
   config.model = values['model'] if values['model'] in models.REGISTRY else config.model
   unknown = sorted(set(values) - set(in_use(config)))

@@ -18,7 +18,6 @@ window), so export again after upgrading past that:
 For photos or scans of digits, mlp/reader/preprocess.py (NumPy and Pillow only) makes such inputs.
 """
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -82,12 +81,9 @@ def run(
 
 
 def _write_file(path: Path, data: bytes) -> None:
-  partial = path.with_name(path.name + '.tmp')
   try:
-    partial.write_bytes(data)
-    partial.replace(path)  # Atomic: a reader never sees half a file.
+    with files.beside(path) as partial:
+      partial.write_bytes(data)
+      partial.replace(path)  # Atomic: a reader never sees half a file.
   except OSError as error:
     raise UserError(f'Cannot write {path}: {error.strerror or error}.') from None
-  finally:
-    with contextlib.suppress(OSError):
-      partial.unlink(missing_ok=True)

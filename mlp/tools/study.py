@@ -33,11 +33,13 @@ from absl import logging
 import input_pipeline
 from input_pipeline.errors import UserError
 from mlp.core import configuration
+from mlp.core.fields import Role
 from mlp.tools import sweep
 
 SAMPLERS = ('random', 'tpe')
 STORAGE_ATTEMPTS = 5
 PRUNERS = ('median', 'none')
+BASE_ATTR = 'base_config'  # The study's user attribute that holds its base_fields.
 
 
 def _optuna():
@@ -94,8 +96,39 @@ def _storage(search: dict):
       time.sleep(0.5 * (attempt + 1))
 
 
-def open_study(search: dict, listed: list[dict], storage):
-  """The shared study, created (and for 'random', its trials queued) by the first worker."""
+def base_fields(config: ml_collections.ConfigDict, search: dict) -> dict:
+  """The fields every trial of a study shares: those that decide results, less the searched,
+  as JSON values (a tuple is a list)."""
+  searched = set(search['grid']) | set(search['random'])
+  paths = configuration.with_role(config, Role.RESULT, Role.TRACED, Role.SPLIT, Role.LENGTH)
+  values = {path: configuration.get(config, path) for path in paths if path not in searched}
+  return json.loads(json.dumps(values))
+
+
+def _check_base(study, base: dict) -> None:
+  """Refuses a worker whose base config differs from the one the study was created with: its
+  trials would train other models under the study's trial numbers."""
+  recorded = study.user_attrs.get(BASE_ATTR)
+  if recorded is None:  # A study created before its base was recorded.
+    return
+  differ = [
+    f'{path}: {recorded.get(path)!r} there, {base.get(path)!r} here'
+    for path in sorted(recorded.keys() | base.keys())
+    if recorded.get(path) != base.get(path)
+  ]
+  if differ:
+    raise UserError(
+      f'Study {study.study_name} was created with another base config ({"; ".join(differ)}); '
+      'start this worker with the same config file and --config flags as the first, or use '
+      'another sweep.study_name.'
+    )
+
+
+def open_study(search: dict, listed: list[dict], storage, base: dict):
+  """The shared study, created (and for 'random', its trials queued) by the first worker.
+
+  The first worker records base (base_fields); a later one with another base is refused.
+  """
   optuna = _optuna()
   sampler = (
     optuna.samplers.TPESampler(seed=search['seed'], constant_liar=True)
@@ -120,7 +153,9 @@ def open_study(search: dict, listed: list[dict], storage):
   except optuna.exceptions.DuplicatedStudyError:
     study = optuna.load_study(**{k: v for k, v in settings.items() if k != 'direction'})
     _wait_until_ready(study)
+    _check_base(study, base)
     return study
+  study.set_user_attr(BASE_ATTR, base)
   if search['sampler'] == 'random':
     for overrides in listed:
       study.enqueue_trial(overrides)
@@ -154,17 +189,21 @@ def _surplus(study, trial, search: dict) -> bool:
   return len(earlier) >= study.user_attrs['budget']
 
 
-def ask(study, search: dict, space: dict) -> list:
+def ask(study, search: dict, space: dict, storage) -> list:
   """Up to max_parallel new trials of the study; none once its budget is taken.
 
   Two workers may ask for the last trial at once: the one that gets a surplus trial gives it
-  back as failed, untrained, and stops asking.
+  back as failed, untrained, and stops asking. Each trial beats once at once: Optuna fails as
+  stale only a trial that has beaten, so one killed before its Heartbeat began would stay
+  RUNNING, and the other workers would wait for it forever.
   """
   optuna = _optuna()
   optuna.storages.fail_stale_trials(study)  # A killed worker's trials, queued again.
   asked = []
   while len(asked) < search['max_parallel'] and len(_taken(study)) < study.user_attrs['budget']:
     trial = study.ask(space)
+    if getattr(storage, 'get_heartbeat_interval', lambda: None)():
+      storage.record_heartbeat(trial._trial_id)
     if _surplus(study, trial, search):
       trial.set_user_attr('surplus', True)
       study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -276,12 +315,12 @@ def run(config: ml_collections.ConfigDict, search: dict, workdir) -> dict:
   for overrides in listed:
     configuration.validate(sweep.make_config(config, overrides))
   storage = _storage(search)
-  study = open_study(search, listed, storage)
+  study = open_study(search, listed, storage, base_fields(config, search))
   space = distributions(search)
   splits = None
   trained = []
   while True:
-    trials = ask(study, search, space)
+    trials = ask(study, search, space, storage)
     if not trials and not _others_running(study, search):
       break
     if not trials:  # Finished by their workers, or failed as stale and queued again.
