@@ -8,6 +8,7 @@ Each field's Role (mlp/core/fields.py) decides what a resume may change and what
 vary, and whether a run saved before the field existed can still be read.
 """
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -15,7 +16,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from input_pipeline.errors import UserError
-from mlp.core import models
+from mlp.core import models, outliers
 from mlp.core.fields import Field, Role, at_least, choice, fraction, positive
 from mlp.core.optimizer import SCHEDULES
 
@@ -64,6 +65,15 @@ _AUGMENT = {
   'translation': at_least(0.0, 0.0, Role.RESULT, 'Pixels along each axis.'),
   'elastic_alpha': at_least(0.0, 0.0, Role.RESULT, 'Elastic displacement in pixels (Simard: 34).'),
   'elastic_sigma': positive(4.0, Role.RESULT, 'Smoothness of the elastic field in pixels.'),
+  # For a reader of coarse scans and other pens; runs saved before them had them off.
+  **{
+    name: dataclasses.replace(field, same_as_before=True)
+    for name, field in {
+      'low_resolution': fraction(0.0, Role.RESULT, 'Share seen at a side in [7, 28] px and back.'),
+      'blur': at_least(0.0, 0.0, Role.RESULT, 'Gaussian blur: sigma in [0, blur] pixels.'),
+      'stroke_width': fraction(0.0, Role.RESULT, 'Share with strokes a pixel thicker or thinner.'),
+    }.items()
+  },
 }
 _RUN = {
   'placement': choice(
@@ -88,6 +98,7 @@ GROUPS: dict[str, dict[str, Field]] = {
   'data': _DATA,
   'optim': _OPTIM,
   'augment': _AUGMENT,
+  'outliers': outliers.FIELDS,
   'run': _RUN,
   **{name: model.FIELDS for name, model in models.REGISTRY.items()},
 }

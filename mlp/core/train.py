@@ -13,7 +13,7 @@ from absl import logging
 
 import input_pipeline
 from input_pipeline.errors import UserError
-from mlp.core import configuration, metrics, trainer
+from mlp.core import configuration, metrics, outliers, trainer
 from mlp.core.steps import TrainState
 from mlp.machinery import checkpoint, devices, files, lock, reporting, run_config, stopping
 
@@ -178,6 +178,15 @@ def _train(config, workdir: files.AnyPath, stop: stopping.StopRequests) -> dict:
     sink.close()
     # Every process runs this program (it spans all devices); only process 0 draws.
     probabilities = np.asarray(run.programs.probabilities(train_state.variables, test_images))
+    if config.outliers.weight:  # The refusal threshold predict and serve use.
+      val_images, _, _ = trainer.place_eval_data(
+        splits.validation, config.run.eval_batch_size, run.mesh
+      )
+      val = np.asarray(run.programs.probabilities(train_state.variables, val_images))
+      if is_writer:
+        outliers.save_threshold(
+          workdir, val.reshape(-1, val.shape[-1])[: len(splits.validation)], config.outliers.keep
+        )
     if is_writer and config.run.pictures:
       reporting.draw_in_background(
         workdir,

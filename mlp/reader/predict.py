@@ -33,8 +33,8 @@ from absl import logging
 
 from input_pipeline import DatasetInfo
 from input_pipeline.errors import UserError
-from mlp.core import steps
-from mlp.machinery import checkpoint, devices
+from mlp.core import outliers, steps
+from mlp.machinery import checkpoint, devices, files
 from mlp.reader import preprocess
 
 BATCH_SIZE = 256
@@ -46,9 +46,12 @@ MIN_PARALLEL = 64
 # Rejection: a digit the model gives less than this probability is no digit (the maximum softmax
 # probability baseline, Hendrycks & Gimpel 2017); chosen on the default run's validation split,
 # where it refuses 0.15% of the digits, two thirds of them read wrong (README, "No digit found").
+# A run trained on non-digits (configs/reader.py) chose its own on validation data: see
+# min_confidence.
 MIN_CONFIDENCE = 0.4
 # A reading of compact ink as k digits pays this much log-probability per digit beyond the first.
 SPLIT_COST = 0.2
+REFUSED_PIECE = 2.0  # ... and this much per piece too unsure to be a digit.
 MIN_CORES = 3
 CHUNK = 32  # Images per task sent to a worker.
 SAVED_STEM = 80  # File names under --save_preprocessed keep this much of the image's name.
@@ -119,6 +122,23 @@ def load_classifier(workdir: str | Path) -> Classify:
   return classifier(model, params, info)
 
 
+def min_confidence(workdir: str | Path) -> float:
+  """The run's refusal threshold: the one training chose on its validation digits
+  (outliers.REFUSAL_FILE, written by runs trained with outliers), else MIN_CONFIDENCE."""
+  path = files.path(workdir) / outliers.REFUSAL_FILE
+  if not path.exists():
+    return MIN_CONFIDENCE
+  try:
+    value = float(json.loads(path.read_text())['min_confidence'])
+  except (ValueError, KeyError, TypeError) as error:
+    raise UserError(
+      f'{path} is damaged ({error}); delete it to refuse at {MIN_CONFIDENCE}.'
+    ) from None
+  if not 0 <= value < 1:
+    raise UserError(f'{path}: min_confidence={value} is not in [0, 1); delete the file.')
+  return value
+
+
 def fit_to(info: DatasetInfo) -> tuple[int, ...] | None:
   """preprocess.prepare_file's fit_to: None (read digits) for digit datasets, else the shape."""
   return None if info.is_digits else info.image_shape
@@ -156,13 +176,15 @@ def size(slots: Sequence[preprocess.Slot]) -> int:
 
 
 def choose(
-  slots: Sequence[preprocess.Slot], probabilities: np.ndarray
+  slots: Sequence[preprocess.Slot], probabilities: np.ndarray, threshold: float = MIN_CONFIDENCE
 ) -> tuple[list[preprocess.Digit], np.ndarray]:
   """Each slot read the way the model is surest of: the digits and their probabilities' rows.
 
   probabilities: one row per input of every reading, in order. A reading's score is the
   log-probability that all its digits are what the model reads (its best classes' product),
-  less SPLIT_COST per digit beyond the first; the highest wins (see README, "Reading numbers").
+  less SPLIT_COST per digit beyond the first and REFUSED_PIECE per piece the model would
+  refuse (below threshold: a model trained on pieces and pairs of digits says so); the highest
+  wins (see README, "Reading numbers").
   """
   digits, rows, first = [], [], 0
   for slot in slots:
@@ -170,7 +192,9 @@ def choose(
     for reading in slot:
       these = probabilities[first : first + len(reading)]
       first += len(reading)
-      score = np.log(these.max(axis=1)).sum() - SPLIT_COST * (len(reading) - 1)
+      best_of = these.max(axis=1)
+      score = np.log(best_of).sum() - SPLIT_COST * (len(reading) - 1)
+      score -= REFUSED_PIECE * np.count_nonzero(best_of < threshold)
       if best is None or score > best[0]:
         best = (score, reading, these)
     digits.extend(best[1])
@@ -178,10 +202,16 @@ def choose(
   return digits, np.asarray(rows)
 
 
-def decide(slots: Sequence[preprocess.Slot], probabilities: np.ndarray, info: DatasetInfo) -> dict:
-  """`result` of the readings `choose` takes, or {"error"} if a digit is too unsure to be one."""
-  digits, chosen = choose(slots, probabilities)
-  if info.is_digits and chosen.max(axis=1).min() < MIN_CONFIDENCE:
+def decide(
+  slots: Sequence[preprocess.Slot],
+  probabilities: np.ndarray,
+  info: DatasetInfo,
+  threshold: float = MIN_CONFIDENCE,
+) -> dict:
+  """`result` of the readings `choose` takes, or {"error"} if a digit is too unsure to be one
+  (its probability under threshold, min_confidence's for a run)."""
+  digits, chosen = choose(slots, probabilities, threshold)
+  if info.is_digits and chosen.max(axis=1).min() < threshold:
     weakest = int(chosen.max(axis=1).argmin())
     guess, probability = int(chosen[weakest].argmax()), float(chosen[weakest].max())
     return {
@@ -191,23 +221,28 @@ def decide(slots: Sequence[preprocess.Slot], probabilities: np.ndarray, info: Da
   return result(digits, chosen, info)
 
 
-def read_bytes(data: bytes, classify: Classify, info: DatasetInfo) -> tuple[dict, list[np.ndarray]]:
+def read_bytes(
+  data: bytes, classify: Classify, info: DatasetInfo, threshold: float = MIN_CONFIDENCE
+) -> tuple[dict, list[np.ndarray]]:
   """`predict_bytes`, and the model inputs (28x28) of the digits the answer reads."""
   shape = fit_to(info)
   image = preprocess.load_bytes(data, 'L' if shape is None else 'RGB')
   slots = preprocess.read_slots(image) if shape is None else [[preprocess.fit(image, shape)]]
   probabilities = classify(np.stack([d.pixels for slot in slots for way in slot for d in way]))
-  answer = decide(slots, probabilities, info)
-  return answer, ([] if 'error' in answer else [d.pixels for d in choose(slots, probabilities)[0]])
+  answer = decide(slots, probabilities, info, threshold)
+  seen = [] if 'error' in answer else choose(slots, probabilities, threshold)[0]
+  return answer, [d.pixels for d in seen]
 
 
-def predict_bytes(data: bytes, classify: Classify, info: DatasetInfo) -> dict:
+def predict_bytes(
+  data: bytes, classify: Classify, info: DatasetInfo, threshold: float = MIN_CONFIDENCE
+) -> dict:
   """The prediction for one image file's contents, as `decide` (no path); for a web server.
 
   Raises:
     UserError: not an image, too large, blank or without digit-like ink; the message is one line.
   """
-  return read_bytes(data, classify, info)[0]
+  return read_bytes(data, classify, info, threshold)[0]
 
 
 def run(
@@ -218,6 +253,7 @@ def run(
     raise UserError('--mode=predict needs --image=PATH, an image file or a directory (repeatable).')
   _check_stdout()
   info = DatasetInfo.load(workdir)
+  threshold = min_confidence(workdir)
   prepare = functools.partial(preprocess.prepare_file, fit_to=fit_to(info))
   paths = image_paths(images)
   save_dir = Path(save_preprocessed) if save_preprocessed else None
@@ -241,7 +277,7 @@ def run(
       raise
     try:
       for done, batch in _batches(paths, prepared):
-        failed += _predict_batch(batch, classify, info, output)
+        failed += _predict_batch(batch, classify, info, output, threshold)
         if time.perf_counter() - last_log > PROGRESS_SECONDS:
           last_log = time.perf_counter()
           logging.info('%d/%d images, %.0f images/s.', done, len(paths), done / (last_log - start))
@@ -323,7 +359,11 @@ def _batches(
 
 
 def _predict_batch(
-  batch: list[tuple[Path, list | str]], classify: Classify, info: DatasetInfo, output: str
+  batch: list[tuple[Path, list | str]],
+  classify: Classify,
+  info: DatasetInfo,
+  output: str,
+  threshold: float,
 ) -> int:
   """Classifies a batch's digits at once, prints each input's line; returns how many failed."""
   pixels = [
@@ -339,7 +379,7 @@ def _predict_batch(
   for path, item in batch:
     if not isinstance(item, str):
       count = size(item)
-      item = decide(item, probabilities[first : first + count], info)
+      item = decide(item, probabilities[first : first + count], info, threshold)
       first += count
     if isinstance(item, str) or 'error' in item:
       failed += 1
