@@ -9,9 +9,13 @@ columns its strokes share (a broken 5 or 4 stays whole), and groups wider than t
 thin columns (touching digits), so a house number or a year reads as several digits. Where the
 shape alone cannot tell one digit from two (a compact "11", "10" or "35" filling a square), each
 way is kept as an alternative, and predict.py takes the one the model reads with more confidence.
+Touching or overlapping digits get more alternatives: cuts at the minima of the ink's column
+profile (through strokes where digits touch), every way of making pieces of a digit's width
+from them (`_segmentations`), so that the model's scores choose how many digits there are.
 """
 
 import dataclasses
+import itertools
 
 import numpy as np
 from scipy import ndimage
@@ -42,6 +46,8 @@ LEVEL_LINE = 1.5  # A straight stroke is at most this many stroke widths across 
 MAX_DIGITS = 12  # More parts than this are no number (text, a chart's labels).
 HALF = 0.3  # Cut in two, neither piece is narrower than this times the height (a box line's bit).
 PAIR = 0.6  # A part of a number at least this wide for its height may be two touching digits.
+CANDIDATES = 8  # Cut columns tried in one slot: the lowest minima of its column profile.
+READINGS = 16  # Segmentations of one slot kept for the model to score: those cutting least ink.
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity: diagonal pen strokes stay one component.
 
 
@@ -111,11 +117,68 @@ def readings(mask: np.ndarray) -> list[list[Reading]]:
     whole = Part((rows, cols), mask[rows, cols])
     if len(_touches((rows, cols), mask.shape, 1)) == 1:  # A crop that cut into a neighbour:
       return [[[whole]]]  # its bit at that edge is no digit of its own.
-    return [_distinct([[whole], parts, _in_two(whole, height)])]
+    return [_distinct([[whole], parts, _in_two(whole, height), *_segmentations(whole, height)])]
   tallest = max(_height(p.slices) for p in parts)
-  return [
-    _distinct([[p], _in_two(p, tallest)]) if _width(p) >= PAIR * tallest else [[p]] for p in parts
+  slots = []
+  for group in _group_parts(parts):
+    rows, cols = _union(p.slices for p in group)
+    whole = Part((rows, cols), np.isin(labels[rows, cols], _labels_of(labels, group)))
+    if _width(whole) >= PAIR * tallest:
+      slots.append(_distinct([group, [whole], *_segmentations(whole, tallest)]))
+    else:
+      slots.append([group])
+  return slots
+
+
+def _group_parts(parts: Reading) -> list[Reading]:
+  """Parts (left to right) in runs whose boxes touch or overlap in columns: one ink each."""
+  runs: list[Reading] = []
+  for part in parts:
+    if runs and part.slices[1].start <= max(p.slices[1].stop for p in runs[-1]):
+      runs[-1].append(part)
+    else:
+      runs.append([part])
+  return runs
+
+
+def _labels_of(labels: np.ndarray, group: Reading) -> list[int]:
+  """The component labels of the ink in the parts' boxes."""
+  found = set()
+  for part in group:
+    found |= set(np.unique(labels[part.slices][part.mask]).tolist())
+  return sorted(found - {0})
+
+
+def _segmentations(part: Part, height: int) -> list[Reading]:
+  """The part cut into two or more pieces of a digit's width, at minima of its column profile.
+
+  Cuts go through strokes where digits touch or overlap; the READINGS that cut the least ink
+  are kept, for the model to score.
+  """
+  ink, (rows, cols) = part.mask, part.slices
+  width = ink.shape[1]
+  narrowest = max(1, round(NARROWEST * height))
+  columns = ink.sum(axis=0).astype(np.float64)
+  smooth = np.convolve(columns, np.ones(3) / 3, mode='same')
+  minima = [
+    c
+    for c in range(narrowest, width - narrowest + 1)
+    if smooth[c] <= smooth[c - 1] and smooth[c] <= smooth[min(c + 1, width - 1)]
   ]
+  minima = sorted(sorted(minima, key=lambda c: smooth[c])[:CANDIDATES])
+  found = []
+  for count in range(1, min(len(minima), MAX_DIGITS - 1) + 1):
+    for cuts in itertools.combinations(minima, count):
+      edges = np.diff([0, *cuts, width])
+      if edges.min() >= narrowest and edges.max() <= ONE_DIGIT * height:
+        found.append((sum(columns[c] for c in cuts), cuts))
+  readings = []
+  for _, cuts in sorted(found)[:READINGS]:
+    edges = [0, *cuts, width]
+    pieces = [_trimmed(ink[:, a:b], rows, cols.start + a) for a, b in itertools.pairwise(edges)]
+    if all(p.mask.shape[0] >= TALL * height for p in pieces):
+      readings.append(pieces)
+  return readings
 
 
 def digits(mask: np.ndarray) -> Reading:

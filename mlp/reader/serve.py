@@ -62,7 +62,7 @@ from starlette.routing import Route
 
 from input_pipeline import DatasetInfo
 from input_pipeline.errors import UserError
-from mlp.core import configuration
+from mlp.core import configuration, outliers
 from mlp.machinery import checkpoint, files, reporting
 from mlp.reader import predict, preprocess
 
@@ -463,6 +463,11 @@ def run(workdir: str, host: str, port: int) -> int:
       'Listening on %s: anyone who can reach this machine can use the model (no login, no'
       ' encryption). Use the default --host=127.0.0.1 unless that is what you want.',
       host,
+    )
+  if info.is_digits and not (workdir / outliers.REFUSAL_FILE).exists():
+    logging.warning(
+      'This model was not trained on non-digits: it may read a shape or a scribble as a digit.'
+      " To read people's digits, serve a run of configs/reader.py."
     )
   logging.info('Serving %s on %s (Ctrl-C stops).', workdir, url)
   server = uvicorn.Server(
