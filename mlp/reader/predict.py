@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -47,7 +48,7 @@ MIN_PARALLEL = 64
 # probability baseline, Hendrycks & Gimpel 2017); chosen on the default run's validation split,
 # where it refuses 0.15% of the digits, two thirds of them read wrong (README, "No digit found").
 # A run trained on non-digits (configs/reader.py) chose its own on validation data: see
-# min_confidence.
+# refusal.
 MIN_CONFIDENCE = 0.4
 # A reading of compact ink as k digits pays this much log-probability per digit beyond the first.
 SPLIT_COST = 0.2
@@ -122,12 +123,23 @@ def load_classifier(workdir: str | Path) -> Classify:
   return classifier(model, params, info)
 
 
-def min_confidence(workdir: str | Path) -> float:
-  """The run's refusal threshold: the one training chose on its validation digits
+class Refusal(NamedTuple):
+  """How a run refuses: below which probability, and whether it was trained on non-digits
+  (then numbers are read by searching segmentations: segment.readings)."""
+
+  threshold: float = MIN_CONFIDENCE
+  trained: bool = False
+
+
+DIGITS_ONLY = Refusal()  # A run trained on digits alone.
+
+
+def refusal(workdir: str | Path) -> Refusal:
+  """The run's Refusal: the threshold training chose on its validation digits
   (outliers.REFUSAL_FILE, written by runs trained with outliers), else MIN_CONFIDENCE."""
   path = files.path(workdir) / outliers.REFUSAL_FILE
   if not path.exists():
-    return MIN_CONFIDENCE
+    return Refusal()
   try:
     value = float(json.loads(path.read_text())['min_confidence'])
   except (ValueError, KeyError, TypeError) as error:
@@ -136,7 +148,7 @@ def min_confidence(workdir: str | Path) -> float:
     ) from None
   if not 0 <= value < 1:
     raise UserError(f'{path}: min_confidence={value} is not in [0, 1); delete the file.')
-  return value
+  return Refusal(value, True)
 
 
 def fit_to(info: DatasetInfo) -> tuple[int, ...] | None:
@@ -222,12 +234,17 @@ def decide(
 
 
 def read_bytes(
-  data: bytes, classify: Classify, info: DatasetInfo, threshold: float = MIN_CONFIDENCE
+  data: bytes, classify: Classify, info: DatasetInfo, refuse: Refusal = DIGITS_ONLY
 ) -> tuple[dict, list[np.ndarray]]:
   """`predict_bytes`, and the model inputs (28x28) of the digits the answer reads."""
   shape = fit_to(info)
+  threshold = refuse.threshold
   image = preprocess.load_bytes(data, 'L' if shape is None else 'RGB')
-  slots = preprocess.read_slots(image) if shape is None else [[preprocess.fit(image, shape)]]
+  slots = (
+    preprocess.read_slots(image, refuse.trained)
+    if shape is None
+    else [[preprocess.fit(image, shape)]]
+  )
   probabilities = classify(np.stack([d.pixels for slot in slots for way in slot for d in way]))
   answer = decide(slots, probabilities, info, threshold)
   seen = [] if 'error' in answer else choose(slots, probabilities, threshold)[0]
@@ -235,14 +252,14 @@ def read_bytes(
 
 
 def predict_bytes(
-  data: bytes, classify: Classify, info: DatasetInfo, threshold: float = MIN_CONFIDENCE
+  data: bytes, classify: Classify, info: DatasetInfo, refuse: Refusal = DIGITS_ONLY
 ) -> dict:
   """The prediction for one image file's contents, as `decide` (no path); for a web server.
 
   Raises:
     UserError: not an image, too large, blank or without digit-like ink; the message is one line.
   """
-  return read_bytes(data, classify, info, threshold)[0]
+  return read_bytes(data, classify, info, refuse)[0]
 
 
 def run(
@@ -253,8 +270,8 @@ def run(
     raise UserError('--mode=predict needs --image=PATH, an image file or a directory (repeatable).')
   _check_stdout()
   info = DatasetInfo.load(workdir)
-  threshold = min_confidence(workdir)
-  prepare = functools.partial(preprocess.prepare_file, fit_to=fit_to(info))
+  threshold, search = refusal(workdir)
+  prepare = functools.partial(preprocess.prepare_file, fit_to=fit_to(info), search=search)
   paths = image_paths(images)
   save_dir = Path(save_preprocessed) if save_preprocessed else None
   if save_dir:

@@ -9,9 +9,12 @@ columns its strokes share (a broken 5 or 4 stays whole), and groups wider than t
 thin columns (touching digits), so a house number or a year reads as several digits. Where the
 shape alone cannot tell one digit from two (a compact "11", "10" or "35" filling a square), each
 way is kept as an alternative, and predict.py takes the one the model reads with more confidence.
-Touching or overlapping digits get more alternatives: cuts at the minima of the ink's column
+With `search` (for a model trained to refuse pieces and pairs of digits, configs/reader.py),
+touching or overlapping digits get more alternatives: cuts at the minima of the ink's column
 profile (through strokes where digits touch), every way of making pieces of a digit's width
-from them (`_segmentations`), so that the model's scores choose how many digits there are.
+from them (`_segmentations`), so that the model's scores choose how many digits there are. A
+model trained on digits alone reads many pieces of digits as digits, so it gets only the few
+alternatives above.
 """
 
 import dataclasses
@@ -90,8 +93,9 @@ def clean(mask: np.ndarray) -> np.ndarray:
 Reading = list[Part]  # One way to read some ink: its digits, left to right.
 
 
-def readings(mask: np.ndarray) -> list[list[Reading]]:
+def readings(mask: np.ndarray, search: bool = False) -> list[list[Reading]]:
   """The ink's slots left to right, each with its possible readings, the likelier first.
+  search: also every segmentation at column-profile minima (see the module docstring).
 
   A slot is ink that is either one digit or several; most have a single reading. Raises
   UserError for ink that is no digit: nothing, a dot, a line or a page of marks.
@@ -117,8 +121,13 @@ def readings(mask: np.ndarray) -> list[list[Reading]]:
     whole = Part((rows, cols), mask[rows, cols])
     if len(_touches((rows, cols), mask.shape, 1)) == 1:  # A crop that cut into a neighbour:
       return [[[whole]]]  # its bit at that edge is no digit of its own.
-    return [_distinct([[whole], parts, _in_two(whole, height), *_segmentations(whole, height)])]
+    searched = _segmentations(whole, height) if search else []
+    return [_distinct([[whole], parts, _in_two(whole, height), *searched])]
   tallest = max(_height(p.slices) for p in parts)
+  if not search:
+    return [
+      _distinct([[p], _in_two(p, tallest)]) if _width(p) >= PAIR * tallest else [[p]] for p in parts
+    ]
   slots = []
   for group in _group_parts(parts):
     rows, cols = _union(p.slices for p in group)

@@ -284,7 +284,7 @@ def make_app(
 ):
   """The ASGI app: the page, the API and JSON errors around them, for requests to `host`."""
   facts = summary(workdir, config, info, params)
-  threshold = predict.min_confidence(workdir)
+  refuse = predict.refusal(workdir)
   page = PAGE.read_text()
   limiter = anyio.CapacityLimiter(PREPARE_THREADS)
 
@@ -311,7 +311,7 @@ def make_app(
 
     def work() -> tuple[dict, list[np.ndarray]]:
       _check_pixels(data)
-      return predict.read_bytes(data, classify, info, threshold)
+      return predict.read_bytes(data, classify, info, refuse)
 
     try:
       result, seen = await anyio.to_thread.run_sync(work, limiter=limiter)
