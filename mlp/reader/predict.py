@@ -53,6 +53,9 @@ MIN_CONFIDENCE = 0.4
 # A reading of compact ink as k digits pays this much log-probability per digit beyond the first.
 SPLIT_COST = 0.2
 REFUSED_PIECE = 2.0  # ... and this much per piece too unsure to be a digit.
+# A model trained to refuse reads a shape that is no digit as unsure, but its halves (a circle's
+# two arcs) can look like digits: a reading of several digits needs each at this probability.
+SURE_PIECE = 0.9
 MIN_CORES = 3
 CHUNK = 32  # Images per task sent to a worker.
 SAVED_STEM = 80  # File names under --save_preprocessed keep this much of the image's name.
@@ -134,6 +137,12 @@ class Refusal(NamedTuple):
 DIGITS_ONLY = Refusal()  # A run trained on digits alone.
 
 
+def _bar(refuse: Refusal | None, digits: int) -> float:
+  """The probability under which a piece of a reading of `digits` digits is penalised."""
+  refuse = refuse or DIGITS_ONLY
+  return max(refuse.threshold, SURE_PIECE) if refuse.trained and digits > 1 else refuse.threshold
+
+
 def refusal(workdir: str | Path) -> Refusal:
   """The run's Refusal: the threshold training chose on its validation digits
   (outliers.REFUSAL_FILE, written by runs trained with outliers), else MIN_CONFIDENCE."""
@@ -188,14 +197,15 @@ def size(slots: Sequence[preprocess.Slot]) -> int:
 
 
 def choose(
-  slots: Sequence[preprocess.Slot], probabilities: np.ndarray, threshold: float = MIN_CONFIDENCE
+  slots: Sequence[preprocess.Slot], probabilities: np.ndarray, refuse: Refusal | None = None
 ) -> tuple[list[preprocess.Digit], np.ndarray]:
   """Each slot read the way the model is surest of: the digits and their probabilities' rows.
 
   probabilities: one row per input of every reading, in order. A reading's score is the
   log-probability that all its digits are what the model reads (its best classes' product),
   less SPLIT_COST per digit beyond the first and REFUSED_PIECE per piece the model would
-  refuse (below threshold: a model trained on pieces and pairs of digits says so); the highest
+  refuse (below its threshold: a model trained on pieces and pairs of digits says so; for
+  such a model, a piece of a reading of several digits below SURE_PIECE too); the highest
   wins (see README, "Reading numbers").
   """
   digits, rows, first = [], [], 0
@@ -206,7 +216,7 @@ def choose(
       first += len(reading)
       best_of = these.max(axis=1)
       score = np.log(best_of).sum() - SPLIT_COST * (len(reading) - 1)
-      score -= REFUSED_PIECE * np.count_nonzero(best_of < threshold)
+      score -= REFUSED_PIECE * np.count_nonzero(best_of < _bar(refuse, len(reading)))
       if best is None or score > best[0]:
         best = (score, reading, these)
     digits.extend(best[1])
@@ -218,12 +228,13 @@ def decide(
   slots: Sequence[preprocess.Slot],
   probabilities: np.ndarray,
   info: DatasetInfo,
-  threshold: float = MIN_CONFIDENCE,
+  refuse: Refusal | None = None,
 ) -> dict:
   """`result` of the readings `choose` takes, or {"error"} if a digit is too unsure to be one
-  (its probability under threshold, min_confidence's for a run)."""
-  digits, chosen = choose(slots, probabilities, threshold)
-  if info.is_digits and chosen.max(axis=1).min() < threshold:
+  (its probability under the run's threshold: `refusal`)."""
+  refuse = refuse or DIGITS_ONLY
+  digits, chosen = choose(slots, probabilities, refuse)
+  if info.is_digits and chosen.max(axis=1).min() < refuse.threshold:
     weakest = int(chosen.max(axis=1).argmin())
     guess, probability = int(chosen[weakest].argmax()), float(chosen[weakest].max())
     return {
@@ -238,7 +249,6 @@ def read_bytes(
 ) -> tuple[dict, list[np.ndarray]]:
   """`predict_bytes`, and the model inputs (28x28) of the digits the answer reads."""
   shape = fit_to(info)
-  threshold = refuse.threshold
   image = preprocess.load_bytes(data, 'L' if shape is None else 'RGB')
   slots = (
     preprocess.read_slots(image, refuse.trained)
@@ -246,8 +256,8 @@ def read_bytes(
     else [[preprocess.fit(image, shape)]]
   )
   probabilities = classify(np.stack([d.pixels for slot in slots for way in slot for d in way]))
-  answer = decide(slots, probabilities, info, threshold)
-  seen = [] if 'error' in answer else choose(slots, probabilities, threshold)[0]
+  answer = decide(slots, probabilities, info, refuse)
+  seen = [] if 'error' in answer else choose(slots, probabilities, refuse)[0]
   return answer, [d.pixels for d in seen]
 
 
@@ -270,8 +280,8 @@ def run(
     raise UserError('--mode=predict needs --image=PATH, an image file or a directory (repeatable).')
   _check_stdout()
   info = DatasetInfo.load(workdir)
-  threshold, search = refusal(workdir)
-  prepare = functools.partial(preprocess.prepare_file, fit_to=fit_to(info), search=search)
+  refuse = refusal(workdir)
+  prepare = functools.partial(preprocess.prepare_file, fit_to=fit_to(info), search=refuse.trained)
   paths = image_paths(images)
   save_dir = Path(save_preprocessed) if save_preprocessed else None
   if save_dir:
@@ -294,7 +304,7 @@ def run(
       raise
     try:
       for done, batch in _batches(paths, prepared):
-        failed += _predict_batch(batch, classify, info, output, threshold)
+        failed += _predict_batch(batch, classify, info, output, refuse)
         if time.perf_counter() - last_log > PROGRESS_SECONDS:
           last_log = time.perf_counter()
           logging.info('%d/%d images, %.0f images/s.', done, len(paths), done / (last_log - start))
@@ -380,7 +390,7 @@ def _predict_batch(
   classify: Classify,
   info: DatasetInfo,
   output: str,
-  threshold: float,
+  refuse: Refusal,
 ) -> int:
   """Classifies a batch's digits at once, prints each input's line; returns how many failed."""
   pixels = [
@@ -396,7 +406,7 @@ def _predict_batch(
   for path, item in batch:
     if not isinstance(item, str):
       count = size(item)
-      item = decide(item, probabilities[first : first + count], info, threshold)
+      item = decide(item, probabilities[first : first + count], info, refuse)
       first += count
     if isinstance(item, str) or 'error' in item:
       failed += 1

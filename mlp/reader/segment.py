@@ -12,7 +12,9 @@ way is kept as an alternative, and predict.py takes the one the model reads with
 With `search` (for a model trained to refuse pieces and pairs of digits, configs/reader.py),
 touching or overlapping digits get more alternatives: cuts at the minima of the ink's column
 profile (through strokes where digits touch), every way of making pieces of a digit's width
-from them (`_segmentations`), so that the model's scores choose how many digits there are. A
+from them (`_segmentations`), so that the model's scores choose how many digits there are;
+only for ink wider than one digit can be, since among so many readings of a shape that is
+no digit (a circle, a box) one is too often read as digits with confidence. A
 model trained on digits alone reads many pieces of digits as digits, so it gets only the few
 alternatives above.
 """
@@ -121,8 +123,7 @@ def readings(mask: np.ndarray, search: bool = False) -> list[list[Reading]]:
     whole = Part((rows, cols), mask[rows, cols])
     if len(_touches((rows, cols), mask.shape, 1)) == 1:  # A crop that cut into a neighbour:
       return [[[whole]]]  # its bit at that edge is no digit of its own.
-    searched = _segmentations(whole, height) if search else []
-    return [_distinct([[whole], parts, _in_two(whole, height), *searched])]
+    return [_distinct([[whole], parts, _in_two(whole, height)])]
   tallest = max(_height(p.slices) for p in parts)
   if not search:
     return [
@@ -132,8 +133,10 @@ def readings(mask: np.ndarray, search: bool = False) -> list[list[Reading]]:
   for group in _group_parts(parts):
     rows, cols = _union(p.slices for p in group)
     whole = Part((rows, cols), np.isin(labels[rows, cols], _labels_of(labels, group)))
-    if _width(whole) >= PAIR * tallest:
+    if _width(whole) > ONE_DIGIT * tallest:  # Searched only where one digit cannot be.
       slots.append(_distinct([group, [whole], *_segmentations(whole, tallest)]))
+    elif _width(whole) >= PAIR * tallest:
+      slots.append(_distinct([group, [whole], _in_two(whole, tallest)]))
     else:
       slots.append([group])
   return slots
