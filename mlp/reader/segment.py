@@ -51,8 +51,8 @@ LEVEL_LINE = 1.5  # A straight stroke is at most this many stroke widths across 
 MAX_DIGITS = 12  # More parts than this are no number (text, a chart's labels).
 HALF = 0.3  # Cut in two, neither piece is narrower than this times the height (a box line's bit).
 PAIR = 0.6  # A part of a number at least this wide for its height may be two touching digits.
-CANDIDATES = 8  # Cut columns tried in one slot: the lowest minima of its column profile.
-READINGS = 16  # Segmentations of one slot kept for the model to score: those cutting least ink.
+CANDIDATES = 10  # Cut columns tried in one slot: the lowest minima of its column profile.
+READINGS = 32  # Segmentations of one slot kept for the model to score: those cutting least ink.
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity: diagonal pen strokes stay one component.
 
 
@@ -133,10 +133,14 @@ def readings(mask: np.ndarray, search: bool = False) -> list[list[Reading]]:
   for group in _group_parts(parts):
     rows, cols = _union(p.slices for p in group)
     whole = Part((rows, cols), np.isin(labels[rows, cols], _labels_of(labels, group)))
+    # Each wide part in two: the geometric cuts may have left two digits in one part.
+    halves = [
+      q for p in group for q in (_in_two(p, tallest) if _width(p) >= PAIR * tallest else []) or [p]
+    ]
     if _width(whole) > ONE_DIGIT * tallest:  # Searched only where one digit cannot be.
-      slots.append(_distinct([group, [whole], *_segmentations(whole, tallest)]))
+      slots.append(_distinct([group, [whole], halves, *_segmentations(whole, tallest)]))
     elif _width(whole) >= PAIR * tallest:
-      slots.append(_distinct([group, [whole], _in_two(whole, tallest)]))
+      slots.append(_distinct([group, [whole], halves, _in_two(whole, tallest)]))
     else:
       slots.append([group])
   return slots
@@ -183,7 +187,9 @@ def _segmentations(part: Part, height: int) -> list[Reading]:
     for cuts in itertools.combinations(minima, count):
       edges = np.diff([0, *cuts, width])
       if edges.min() >= narrowest and edges.max() <= ONE_DIGIT * height:
-        found.append((sum(columns[c] for c in cuts), cuts))
+        # Little ink cut, and pieces of like widths (a number's digits are much alike).
+        cost = sum(columns[c] for c in cuts) / height + np.std(edges) / height
+        found.append((cost, cuts))
   readings = []
   for _, cuts in sorted(found)[:READINGS]:
     edges = [0, *cuts, width]
