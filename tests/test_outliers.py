@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from input_pipeline.errors import UserError
 from mlp.core import augment, outliers
 
 pytestmark = pytest.mark.unit
@@ -70,7 +71,10 @@ def test_threshold_keeps_the_share_asked():
 
 def test_off_by_default_so_the_notebook_config_is_unchanged():
   config = default.get_config()
-  assert outliers.from_config(config.outliers) is None
+  assert outliers.from_config(config.outliers, (28, 28, 1)) is None
+  config.outliers.weight = 0.5
+  with pytest.raises(UserError, match='outliers.weight'):
+    outliers.from_config(config.outliers, (32, 32, 3))
   assert augment.from_config(config.augment) is None
 
 

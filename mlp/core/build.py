@@ -51,7 +51,7 @@ def build_model(
     },
     label_smoothing=config.optim.label_smoothing,
     augment=augment.from_config(config.augment),
-    outliers=outliers.from_config(config.outliers),
+    outliers=outliers.from_config(config.outliers, info.image_shape),
   )
   return model, init(config.seed)
 

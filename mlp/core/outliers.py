@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from input_pipeline.errors import UserError
 from mlp.core.fields import Field, Role, at_least, fraction
 
 SIDE = 28
@@ -287,10 +288,18 @@ class Exposure:
     return self.weight * jnp.mean(uniform_cross_entropy(logits))
 
 
-def from_config(outliers) -> Exposure | None:
-  """The Exposure a config's outliers group asks for; None when its weight is 0 (off)."""
+def from_config(outliers, image_shape: tuple[int, ...]) -> Exposure | None:
+  """The Exposure a config's outliers group asks for; None when its weight is 0 (off).
+
+  Raises UserError for images other than 28x28 grey ones, the only ones it draws.
+  """
   if not outliers.weight:
     return None
+  if tuple(image_shape) != (SIDE, SIDE, 1):
+    raise UserError(
+      f'Invalid config: outliers.weight={outliers.weight}: generated non-digits are 28x28x1, '
+      f'the images are {tuple(image_shape)}; set outliers.weight=0.'
+    )
   return Exposure(float(outliers.weight), int(outliers.per_batch), tuple(outliers.families))
 
 
