@@ -12,7 +12,11 @@ where --mode=predict and --mode=serve read it.
 Command:
   python main.py --config=configs/reader.py --workdir=runs/reader
 
-Measured: see the docstring's last line (filled in after the run).
+Measured (Dec 2026, the 2-core AMD EPYC CPU shared with five other jobs, load average ~9):
+test accuracy 99.15% (validation 98.92%), refusal threshold 0.350; 731 s of training epochs
+(257-352 digits/s, plus a quarter more generated non-digits), 16.6 min for the whole command.
+The CNN alone ran 1,551 examples/s on the quiet machine (configs/cnn.py), which puts this
+config near 4 minutes there; an earlier run holding out triangles and stars instead: 99.21%.
 """
 
 import ml_collections
