@@ -56,6 +56,28 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.translation = 0.0  # Pixels.
   config.augment.elastic_alpha = 0.0  # Elastic displacement in pixels (Simard: 34).
   config.augment.elastic_sigma = 4.0  # Smoothness of the elastic field in pixels.
+  config.augment.low_resolution = 0.0  # Share seen at a side in [7, 28] px and back.
+  config.augment.blur = 0.0  # Gaussian blur: sigma drawn in [0, blur] pixels.
+  config.augment.stroke_width = 0.0  # Share with strokes a pixel thicker or thinner.
+
+  # Outlier Exposure (mlp/core/outliers.py): generated non-digits trained toward uniform scores.
+  config.outliers = ml_collections.ConfigDict()
+  config.outliers.weight = 0.0  # Of their loss; 0: off.
+  config.outliers.per_batch = 32  # Generated non-digits added to each batch.
+  config.outliers.families = (
+    'stroke',
+    'scribble',
+    'circle',
+    'box',
+    'triangle',
+    'star',
+    'cross',
+    'letter',
+    'piece',
+    'pair',
+    'paper',
+  )
+  config.outliers.keep = 0.995  # Share of validation digits the refusal threshold keeps.
 
   # How a run executes and reports; none of these changes a trained number.
   config.run = ml_collections.ConfigDict()

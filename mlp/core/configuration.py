@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from input_pipeline.errors import UserError
-from mlp.core import models
+from mlp.core import models, outliers
 from mlp.core.fields import Field, Role, at_least, choice, fraction, positive, seed
 from mlp.core.optimizer import OPTIMIZERS, SCHEDULES
 
@@ -94,6 +94,16 @@ _AUGMENT = {
   'translation': at_least(0.0, 0.0, Role.RESULT, 'Pixels along each axis.'),
   'elastic_alpha': at_least(0.0, 0.0, Role.RESULT, 'Elastic displacement in pixels (Simard: 34).'),
   'elastic_sigma': positive(4.0, Role.RESULT, 'Smoothness of the elastic field in pixels.'),
+  # For a reader of coarse scans and other pens; runs saved before them had them off.
+  'low_resolution': fraction(
+    0.0, Role.RESULT, 'Share seen at a side in [7, 28] px and back.', same_as_before=True
+  ),
+  'blur': at_least(
+    0.0, 0.0, Role.RESULT, 'Gaussian blur: sigma in [0, blur] pixels.', same_as_before=True
+  ),
+  'stroke_width': fraction(
+    0.0, Role.RESULT, 'Share with strokes a pixel thicker or thinner.', same_as_before=True
+  ),
 }
 _RUN = {
   'placement': choice(
@@ -121,6 +131,7 @@ GROUPS: dict[str, dict[str, Field]] = {
   'data': _DATA,
   'optim': _OPTIM,
   'augment': _AUGMENT,
+  'outliers': outliers.FIELDS,
   'run': _RUN,
   **{name: model.FIELDS for name, model in models.REGISTRY.items()},
 }

@@ -6,6 +6,7 @@ across steps, batches and devices.
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +56,8 @@ class Model(struct.PyTreeNode):
   label_smoothing: float | jax.Array = 0.0
   # Distorts a training batch: (images, key) -> float images (augment.Distortion); None: off.
   augment: Callable | None = struct.field(pytree_node=False, default=None)
+  # Generated non-digits and their loss (outliers.Exposure); None: off.
+  outliers: Any = struct.field(pytree_node=False, default=None)
 
 
 def _off(rate) -> bool:
@@ -76,8 +79,10 @@ def loss_and_sums(params, model: Model, model_state, images, labels, mask, key=N
   """The mean training objective over the unmasked examples; its metric sums and new state.
 
   The objective smooths the labels if asked; the sums hold the metrics of mlp/core/metrics.py.
+  Images past the labels' count are generated non-digits, whose outlier loss is added.
   """
   outputs, model_state = forward(model, (params, model_state), images, train=True, key=key)
+  outputs, negatives = outputs[: labels.shape[0]], outputs[labels.shape[0] :]
   sums = metrics.example_sums(outputs, labels, mask)
   if _off(model.label_smoothing):
     objective = optax.softmax_cross_entropy_with_integer_labels(outputs, labels)
@@ -85,6 +90,8 @@ def loss_and_sums(params, model: Model, model_state, images, labels, mask, key=N
     targets = optax.smooth_labels(jax.nn.one_hot(labels, outputs.shape[-1]), model.label_smoothing)
     objective = optax.softmax_cross_entropy(outputs, targets)
   mean = jnp.sum(objective * mask) / jnp.maximum(sums[metrics.COUNT], 1.0)
+  if negatives.shape[0]:
+    mean = mean + model.outliers.loss(negatives)
   return mean, (sums, model_state)
 
 
@@ -93,6 +100,10 @@ def train_step(
 ) -> tuple[TrainState, metrics.Sums]:
   """One optimizer step on one batch; padded examples (mask 0) carry no gradient."""
   step_key = jax.random.fold_in(state.rng, state.step)
+  if model.outliers is not None:
+    step_key, outlier_key = jax.random.split(step_key)
+    negatives = model.outliers.negatives(outlier_key, images, labels)
+    images = jnp.concatenate([images.astype(jnp.float32), negatives])
   if model.augment is not None:
     step_key, augment_key = jax.random.split(step_key)
     images = model.augment(images, augment_key)

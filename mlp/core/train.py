@@ -13,7 +13,7 @@ from absl import logging
 
 import input_pipeline
 from input_pipeline.errors import UserError
-from mlp.core import metrics
+from mlp.core import metrics, outliers
 from mlp.core.steps import TrainState
 from mlp.core.trainer import (
   Trainer,
@@ -49,6 +49,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     test_batches = place_eval_data(config, splits.test, trainer.mesh)
     programs = trainer.programs
     test = metrics.summarize(programs.evaluate(state.variables, *test_batches), 'test_')
+    if config.outliers.weight:  # The refusal threshold predict and serve use.
+      validation = place_eval_data(config, splits.validation, trainer.mesh)[0]
+      probabilities = programs.probabilities(state.variables, validation)
+      keep, count = config.outliers.keep, len(splits.validation)
+      run.save_json(outliers.REFUSAL_FILE, outliers.refusal(probabilities, count, keep))
     run.finish(test, programs.probabilities(state.variables, test_batches[0]))
     return {'records': run.sink.records[:-1], **test}
 

@@ -6,6 +6,7 @@ whether to stop; everything that makes that safe to interrupt and resume is here
 """
 
 import contextlib
+import json
 import time
 
 import jax
@@ -198,6 +199,11 @@ class Run:
       f'(--workdir={self.workdir}) to resume.',
       self._stop.signum,
     )
+
+  def save_json(self, name: str, value: dict) -> None:
+    """Writes a file of the run's results beside its metrics (process 0 only)."""
+    if devices.is_main_process():
+      files.write_atomic(self.workdir / name, json.dumps(value) + '\n')
 
   def finish(self, test_metrics: dict, probabilities: jax.Array) -> None:
     """Writes the test record and the hyperparameters, then draws the pictures in a child."""

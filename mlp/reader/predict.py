@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -33,8 +34,8 @@ from absl import logging
 
 from input_pipeline import DatasetInfo
 from input_pipeline.errors import UserError
-from mlp.core import steps
-from mlp.machinery import checkpoint, devices
+from mlp.core import outliers, steps
+from mlp.machinery import checkpoint, devices, files
 from mlp.reader import preprocess
 
 BATCH_SIZE = 256
@@ -46,10 +47,15 @@ MIN_PARALLEL = 64
 # Rejection: a digit the model gives less than this probability is no digit (the maximum softmax
 # probability baseline, Hendrycks & Gimpel 2017); chosen on the default run's validation split,
 # where it refuses 0.15% of the digits, two thirds of them read wrong (docs/serving.md, "No digit
-# found").
+# found"). A run trained on non-digits (configs/reader.py) chose its own on validation data: see
+# refusal.
 MIN_CONFIDENCE = 0.4
 # A reading of compact ink as k digits pays this much log-probability per digit beyond the first.
 SPLIT_COST = 0.2
+REFUSED_PIECE = 2.0  # ... and this much per piece too unsure to be a digit.
+# A model trained to refuse reads a shape that is no digit as unsure, but its halves (a circle's
+# two arcs) can look like digits: a reading of several digits needs each at this probability.
+SURE_PIECE = 0.9
 MIN_CORES = 3
 CHUNK = 32  # Images per task sent to a worker.
 SAVED_STEM = 80  # File names under --save_preprocessed keep this much of the image's name.
@@ -120,6 +126,40 @@ def load_classifier(workdir: str | Path) -> Classify:
   return classifier(model, params, info)
 
 
+class Refusal(NamedTuple):
+  """How a run refuses: below which probability, and whether it was trained on non-digits
+  (then numbers are read by searching segmentations: segment.readings)."""
+
+  threshold: float = MIN_CONFIDENCE
+  trained: bool = False
+
+
+DIGITS_ONLY = Refusal()  # A run trained on digits alone.
+
+
+def _bar(refuse: Refusal | None, digits: int) -> float:
+  """The probability under which a piece of a reading of `digits` digits is penalised."""
+  refuse = refuse or DIGITS_ONLY
+  return max(refuse.threshold, SURE_PIECE) if refuse.trained and digits > 1 else refuse.threshold
+
+
+def refusal(workdir: str | Path) -> Refusal:
+  """The run's Refusal: the threshold training chose on its validation digits
+  (outliers.REFUSAL_FILE, written by runs trained with outliers), else MIN_CONFIDENCE."""
+  path = files.path(workdir) / outliers.REFUSAL_FILE
+  if not path.exists():
+    return Refusal()
+  try:
+    value = float(json.loads(path.read_text())['min_confidence'])
+  except (ValueError, KeyError, TypeError) as error:
+    raise UserError(
+      f'{path} is damaged ({error}); delete it to refuse at {MIN_CONFIDENCE}.'
+    ) from None
+  if not 0 <= value < 1:
+    raise UserError(f'{path}: min_confidence={value} is not in [0, 1); delete the file.')
+  return Refusal(value, True)
+
+
 def fit_to(info: DatasetInfo) -> tuple[int, ...] | None:
   """preprocess.prepare_file's fit_to: None (read digits) for digit datasets, else the shape."""
   return None if info.is_digits else info.image_shape
@@ -157,13 +197,16 @@ def size(slots: Sequence[preprocess.Slot]) -> int:
 
 
 def choose(
-  slots: Sequence[preprocess.Slot], probabilities: np.ndarray
+  slots: Sequence[preprocess.Slot], probabilities: np.ndarray, refuse: Refusal | None = None
 ) -> tuple[list[preprocess.Digit], np.ndarray]:
   """Each slot read the way the model is surest of: the digits and their probabilities' rows.
 
   probabilities: one row per input of every reading, in order. A reading's score is the
   log-probability that all its digits are what the model reads (its best classes' product),
-  less SPLIT_COST per digit beyond the first; the highest wins (docs/serving.md, "Reading numbers").
+  less SPLIT_COST per digit beyond the first and REFUSED_PIECE per piece the model would
+  refuse (below its threshold: a model trained on pieces and pairs of digits says so; for
+  such a model, a piece of a reading of several digits below SURE_PIECE too); the highest
+  wins (docs/serving.md, "Reading numbers").
   """
   digits, rows, first = [], [], 0
   for slot in slots:
@@ -171,7 +214,9 @@ def choose(
     for reading in slot:
       these = probabilities[first : first + len(reading)]
       first += len(reading)
-      score = np.log(these.max(axis=1)).sum() - SPLIT_COST * (len(reading) - 1)
+      best_of = these.max(axis=1)
+      score = np.log(best_of).sum() - SPLIT_COST * (len(reading) - 1)
+      score -= REFUSED_PIECE * np.count_nonzero(best_of < _bar(refuse, len(reading)))
       if best is None or score > best[0]:
         best = (score, reading, these)
     digits.extend(best[1])
@@ -179,10 +224,17 @@ def choose(
   return digits, np.asarray(rows)
 
 
-def decide(slots: Sequence[preprocess.Slot], probabilities: np.ndarray, info: DatasetInfo) -> dict:
-  """`result` of the readings `choose` takes, or {"error"} if a digit is too unsure to be one."""
-  digits, chosen = choose(slots, probabilities)
-  if info.is_digits and chosen.max(axis=1).min() < MIN_CONFIDENCE:
+def decide(
+  slots: Sequence[preprocess.Slot],
+  probabilities: np.ndarray,
+  info: DatasetInfo,
+  refuse: Refusal | None = None,
+) -> dict:
+  """`result` of the readings `choose` takes, or {"error"} if a digit is too unsure to be one
+  (its probability under the run's threshold: `refusal`)."""
+  refuse = refuse or DIGITS_ONLY
+  digits, chosen = choose(slots, probabilities, refuse)
+  if info.is_digits and chosen.max(axis=1).min() < refuse.threshold:
     weakest = int(chosen.max(axis=1).argmin())
     guess, probability = int(chosen[weakest].argmax()), float(chosen[weakest].max())
     return {
@@ -192,23 +244,32 @@ def decide(slots: Sequence[preprocess.Slot], probabilities: np.ndarray, info: Da
   return result(digits, chosen, info)
 
 
-def read_bytes(data: bytes, classify: Classify, info: DatasetInfo) -> tuple[dict, list[np.ndarray]]:
+def read_bytes(
+  data: bytes, classify: Classify, info: DatasetInfo, refuse: Refusal = DIGITS_ONLY
+) -> tuple[dict, list[np.ndarray]]:
   """`predict_bytes`, and the model inputs (28x28) of the digits the answer reads."""
   shape = fit_to(info)
   image = preprocess.load_bytes(data, 'L' if shape is None else 'RGB')
-  slots = preprocess.read_slots(image) if shape is None else [[preprocess.fit(image, shape)]]
+  slots = (
+    preprocess.read_slots(image, refuse.trained)
+    if shape is None
+    else [[preprocess.fit(image, shape)]]
+  )
   probabilities = classify(np.stack([d.pixels for slot in slots for way in slot for d in way]))
-  answer = decide(slots, probabilities, info)
-  return answer, ([] if 'error' in answer else [d.pixels for d in choose(slots, probabilities)[0]])
+  answer = decide(slots, probabilities, info, refuse)
+  seen = [] if 'error' in answer else choose(slots, probabilities, refuse)[0]
+  return answer, [d.pixels for d in seen]
 
 
-def predict_bytes(data: bytes, classify: Classify, info: DatasetInfo) -> dict:
+def predict_bytes(
+  data: bytes, classify: Classify, info: DatasetInfo, refuse: Refusal = DIGITS_ONLY
+) -> dict:
   """The prediction for one image file's contents, as `decide` (no path); for a web server.
 
   Raises:
     UserError: not an image, too large, blank or without digit-like ink; the message is one line.
   """
-  return read_bytes(data, classify, info)[0]
+  return read_bytes(data, classify, info, refuse)[0]
 
 
 def run(
@@ -219,7 +280,8 @@ def run(
     raise UserError('--mode=predict needs --image=PATH, an image file or a directory (repeatable).')
   _check_stdout()
   info = DatasetInfo.load(workdir)
-  prepare = functools.partial(preprocess.prepare_file, fit_to=fit_to(info))
+  refuse = refusal(workdir)
+  prepare = functools.partial(preprocess.prepare_file, fit_to=fit_to(info), search=refuse.trained)
   paths = image_paths(images)
   save_dir = Path(save_preprocessed) if save_preprocessed else None
   if save_dir:
@@ -242,7 +304,7 @@ def run(
       raise
     try:
       for done, batch in _batches(paths, prepared):
-        failed += _predict_batch(batch, classify, info, output)
+        failed += _predict_batch(batch, classify, info, output, refuse)
         if time.perf_counter() - last_log > PROGRESS_SECONDS:
           last_log = time.perf_counter()
           logging.info('%d/%d images, %.0f images/s.', done, len(paths), done / (last_log - start))
@@ -324,7 +386,11 @@ def _batches(
 
 
 def _predict_batch(
-  batch: list[tuple[Path, list | str]], classify: Classify, info: DatasetInfo, output: str
+  batch: list[tuple[Path, list | str]],
+  classify: Classify,
+  info: DatasetInfo,
+  output: str,
+  refuse: Refusal,
 ) -> int:
   """Classifies a batch's digits at once, prints each input's line; returns how many failed."""
   pixels = [
@@ -340,7 +406,7 @@ def _predict_batch(
   for path, item in batch:
     if not isinstance(item, str):
       count = size(item)
-      item = decide(item, probabilities[first : first + count], info)
+      item = decide(item, probabilities[first : first + count], info, refuse)
       first += count
     if isinstance(item, str) or 'error' in item:
       failed += 1

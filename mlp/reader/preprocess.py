@@ -110,7 +110,10 @@ def load(path: str | Path, mode: str = 'L') -> Image.Image:
 
 
 def prepare_file(
-  path: Path, save_as: Path | None = None, fit_to: tuple[int, ...] | None = None
+  path: Path,
+  save_as: Path | None = None,
+  fit_to: tuple[int, ...] | None = None,
+  search: bool = False,
 ) -> list[Slot] | str:
   """The slots of an image file (`read_slots`), or why there are none; runs in worker processes.
 
@@ -120,7 +123,7 @@ def prepare_file(
   """
   try:
     image = load(path, 'L' if fit_to is None else 'RGB')
-    slots = read_slots(image) if fit_to is None else [[fit(image, fit_to)]]
+    slots = read_slots(image, search) if fit_to is None else [[fit(image, fit_to)]]
     if save_as is not None:
       save_inputs(image, [digit for slot in slots for digit in slot[0]], save_as)
     return slots
@@ -194,8 +197,9 @@ def decode(file, mode: str = 'L') -> Image.Image:
   return upright
 
 
-def read_slots(image: Image.Image) -> list[Slot]:
-  """The model inputs of a picture's digits: its slots left to right, each with its readings.
+def read_slots(image: Image.Image, search: bool = False) -> list[Slot]:
+  """The model inputs of a picture's digits: its slots left to right, each with its readings
+  (search: segment.readings's, for a model trained to refuse pieces of digits).
 
   Raises:
     UserError: the image holds no ink (blank, or too faint to tell from its noise), or only
@@ -205,7 +209,7 @@ def read_slots(image: Image.Image) -> list[Slot]:
   scale *= image.info.get('scale', 1.0)
   return [
     [[_digit(part, ink, threshold, scale) for part in reading] for reading in slot]
-    for slot in segment.readings(ink > threshold)
+    for slot in segment.readings(ink > threshold, search)
   ]
 
 

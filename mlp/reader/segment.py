@@ -9,9 +9,18 @@ columns its strokes share (a broken 5 or 4 stays whole), and groups wider than t
 thin columns (touching digits), so a house number or a year reads as several digits. Where the
 shape alone cannot tell one digit from two (a compact "11", "10" or "35" filling a square), each
 way is kept as an alternative, and predict.py takes the one the model reads with more confidence.
+With `search` (for a model trained to refuse pieces and pairs of digits, configs/reader.py),
+touching or overlapping digits get more alternatives: cuts at the minima of the ink's column
+profile (through strokes where digits touch), every way of making pieces of a digit's width
+from them (`_segmentations`), so that the model's scores choose how many digits there are;
+only for ink wider than one digit can be, since among so many readings of a shape that is
+no digit (a circle, a box) one is too often read as digits with confidence. A
+model trained on digits alone reads many pieces of digits as digits, so it gets only the few
+alternatives above.
 """
 
 import dataclasses
+import itertools
 
 import numpy as np
 from scipy import ndimage
@@ -42,6 +51,8 @@ LEVEL_LINE = 1.5  # A straight stroke is at most this many stroke widths across 
 MAX_DIGITS = 12  # More parts than this are no number (text, a chart's labels).
 HALF = 0.3  # Cut in two, neither piece is narrower than this times the height (a box line's bit).
 PAIR = 0.6  # A part of a number at least this wide for its height may be two touching digits.
+CANDIDATES = 10  # Cut columns tried in one slot: the lowest minima of its column profile.
+READINGS = 32  # Segmentations of one slot kept for the model to score: those cutting least ink.
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity: diagonal pen strokes stay one component.
 
 
@@ -84,8 +95,9 @@ def clean(mask: np.ndarray) -> np.ndarray:
 Reading = list[Part]  # One way to read some ink: its digits, left to right.
 
 
-def readings(mask: np.ndarray) -> list[list[Reading]]:
+def readings(mask: np.ndarray, search: bool = False) -> list[list[Reading]]:
   """The ink's slots left to right, each with its possible readings, the likelier first.
+  search: also every segmentation at column-profile minima (see the module docstring).
 
   A slot is ink that is either one digit or several; most have a single reading. Raises
   UserError for ink that is no digit: nothing, a dot, a line or a page of marks.
@@ -113,9 +125,78 @@ def readings(mask: np.ndarray) -> list[list[Reading]]:
       return [[[whole]]]  # its bit at that edge is no digit of its own.
     return [_distinct([[whole], parts, _in_two(whole, height)])]
   tallest = max(_height(p.slices) for p in parts)
-  return [
-    _distinct([[p], _in_two(p, tallest)]) if _width(p) >= PAIR * tallest else [[p]] for p in parts
+  if not search:
+    return [
+      _distinct([[p], _in_two(p, tallest)]) if _width(p) >= PAIR * tallest else [[p]] for p in parts
+    ]
+  slots = []
+  for group in _group_parts(parts):
+    rows, cols = _union(p.slices for p in group)
+    whole = Part((rows, cols), np.isin(labels[rows, cols], _labels_of(labels, group)))
+    # Each wide part in two: the geometric cuts may have left two digits in one part.
+    halves = [
+      q for p in group for q in (_in_two(p, tallest) if _width(p) >= PAIR * tallest else []) or [p]
+    ]
+    if _width(whole) > ONE_DIGIT * tallest:  # Searched only where one digit cannot be.
+      slots.append(_distinct([group, [whole], halves, *_segmentations(whole, tallest)]))
+    elif _width(whole) >= PAIR * tallest:
+      slots.append(_distinct([group, [whole], halves, _in_two(whole, tallest)]))
+    else:
+      slots.append([group])
+  return slots
+
+
+def _group_parts(parts: Reading) -> list[Reading]:
+  """Parts (left to right) in runs whose boxes touch or overlap in columns: one ink each."""
+  runs: list[Reading] = []
+  for part in parts:
+    if runs and part.slices[1].start <= max(p.slices[1].stop for p in runs[-1]):
+      runs[-1].append(part)
+    else:
+      runs.append([part])
+  return runs
+
+
+def _labels_of(labels: np.ndarray, group: Reading) -> list[int]:
+  """The component labels of the ink in the parts' boxes."""
+  found = set()
+  for part in group:
+    found |= set(np.unique(labels[part.slices][part.mask]).tolist())
+  return sorted(found - {0})
+
+
+def _segmentations(part: Part, height: int) -> list[Reading]:
+  """The part cut into two or more pieces of a digit's width, at minima of its column profile.
+
+  Cuts go through strokes where digits touch or overlap; the READINGS that cut the least ink
+  are kept, for the model to score.
+  """
+  ink, (rows, cols) = part.mask, part.slices
+  width = ink.shape[1]
+  narrowest = max(1, round(NARROWEST * height))
+  columns = ink.sum(axis=0).astype(np.float64)
+  smooth = np.convolve(columns, np.ones(3) / 3, mode='same')
+  minima = [
+    c
+    for c in range(narrowest, width - narrowest + 1)
+    if smooth[c] <= smooth[c - 1] and smooth[c] <= smooth[min(c + 1, width - 1)]
   ]
+  minima = sorted(sorted(minima, key=lambda c: smooth[c])[:CANDIDATES])
+  found = []
+  for count in range(1, min(len(minima), MAX_DIGITS - 1) + 1):
+    for cuts in itertools.combinations(minima, count):
+      edges = np.diff([0, *cuts, width])
+      if edges.min() >= narrowest and edges.max() <= ONE_DIGIT * height:
+        # Little ink cut, and pieces of like widths (a number's digits are much alike).
+        cost = sum(columns[c] for c in cuts) / height + np.std(edges) / height
+        found.append((cost, cuts))
+  readings = []
+  for _, cuts in sorted(found)[:READINGS]:
+    edges = [0, *cuts, width]
+    pieces = [_trimmed(ink[:, a:b], rows, cols.start + a) for a, b in itertools.pairwise(edges)]
+    if all(p.mask.shape[0] >= TALL * height for p in pieces):
+      readings.append(pieces)
+  return readings
 
 
 def digits(mask: np.ndarray) -> Reading:

@@ -62,7 +62,7 @@ from starlette.routing import Route
 
 from input_pipeline import DatasetInfo
 from input_pipeline.errors import UserError
-from mlp.core import configuration
+from mlp.core import configuration, outliers
 from mlp.machinery import checkpoint, files, reporting
 from mlp.reader import predict, preprocess
 
@@ -284,6 +284,7 @@ def make_app(
 ):
   """The ASGI app: the page, the API and JSON errors around them, for requests to `host`."""
   facts = summary(workdir, config, info, params)
+  refuse = predict.refusal(workdir)
   page = PAGE.read_text()
   limiter = anyio.CapacityLimiter(PREPARE_THREADS)
 
@@ -310,7 +311,7 @@ def make_app(
 
     def work() -> tuple[dict, list[np.ndarray]]:
       _check_pixels(data)
-      return predict.read_bytes(data, classify, info)
+      return predict.read_bytes(data, classify, info, refuse)
 
     try:
       result, seen = await anyio.to_thread.run_sync(work, limiter=limiter)
@@ -462,6 +463,11 @@ def run(workdir: str, host: str, port: int) -> int:
       'Listening on %s: anyone who can reach this machine can use the model (no login, no'
       ' encryption). Use the default --host=127.0.0.1 unless that is what you want.',
       host,
+    )
+  if info.is_digits and not (workdir / outliers.REFUSAL_FILE).exists():
+    logging.warning(
+      'This model was not trained on non-digits: it may read a shape or a scribble as a digit.'
+      " To read people's digits, serve a run of configs/reader.py."
     )
   logging.info('Serving %s on %s (Ctrl-C stops).', workdir, url)
   server = uvicorn.Server(
