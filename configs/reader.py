@@ -22,7 +22,7 @@ config near 4 minutes there; an earlier run holding out triangles and stars inst
 import ml_collections
 
 from configs import cnn
-from mlp.core import outliers
+from input_pipeline import negatives
 
 # Families of non-digits left out of training, so that tests measure refusal on shapes it never
 # saw (tests/test_forms.py).
@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim.warmup_epochs = 0.3
   config.outliers.weight = 0.5
   config.outliers.per_batch = 32
-  config.outliers.families = tuple(f for f in outliers.FAMILIES if f not in HELD_OUT)
+  config.outliers.families = tuple(f for f in negatives.FAMILIES if f not in HELD_OUT)
   config.augment.rotation = 8.0
   config.augment.scale = 0.08
   config.augment.translation = 1.5

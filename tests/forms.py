@@ -174,14 +174,14 @@ def touching_number(digits: list[np.ndarray], rng: np.random.Generator) -> Image
 
 
 def generated_non_digit(family: str, rng: np.random.Generator) -> Image.Image:
-  """A non-digit of one of mlp/core/outliers.py's drawn families, as a 112 px scan."""
+  """A non-digit of one of input_pipeline/negatives.py's drawn families, as a 112 px scan."""
   import jax
 
-  from mlp.core import outliers
+  from input_pipeline import negatives
 
   key = jax.random.key(int(rng.integers(2**31)))
   blank = np.zeros((1, 28, 28, 1), np.uint8)
-  ink = np.asarray(outliers.family(family, key, blank, np.zeros(1, int), 1))[0]
+  ink = np.asarray(negatives.family(family, key, blank, np.zeros(1, int), 1))[0]
   image = _paint(ink, 235, 25)
   return image.resize((112, 112), Image.BICUBIC)
 

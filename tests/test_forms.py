@@ -33,7 +33,7 @@ from forms import (
 )
 
 from configs import reader
-from mlp.core import outliers
+from input_pipeline import negatives
 from mlp.reader import predict
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ def read_forms(workdir, folder, real_test_split, families=()) -> dict[str, np.nd
   """Every form written into folder and read by `--mode=predict`: form -> the means of (read
   right, in memory, counted right, refused) over its images; prints the table.
 
-  families: outlier families (mlp/core/outliers.py) to add as generated non-digits.
+  families: outlier families (input_pipeline/negatives.py) to add as generated non-digits.
   """
   rng = np.random.default_rng(0)
   images, labels = real_test_split.images[:, :, :, 0], real_test_split.labels
@@ -161,7 +161,7 @@ def test_the_reader_refuses_held_out_non_digits_and_reads_touching_numbers(
   (goal 90%: triangles 60%, scribbles 68%, stars 75%); touching numbers 68% (goal 85%: 88% at
   2-3 digits, 40% at 6). The floors below are those measurements less a margin, so that the
   open goals show as numbers in the table rather than as a failing suite."""
-  held_out = [f for f in outliers.FAMILIES if f not in READER.outliers.families]
+  held_out = [f for f in negatives.FAMILIES if f not in READER.outliers.families]
   table = read_forms(trained_reader_workdir, tmp_path, real_test_split, held_out)
   kinds = (*NON_DIGITS, *(f'generated_{f}' for f in held_out))
   refused = [table[f'non_digit_{kind}'][3] for kind in kinds]

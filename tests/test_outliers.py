@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from input_pipeline import negatives
 from input_pipeline.errors import UserError
 from mlp.core import augment, outliers
 
@@ -24,34 +25,38 @@ def digits():
 
 @pytest.fixture(scope='module')
 def make():
-  return jax.jit(outliers.negatives, static_argnums=(3, 4))
+  return jax.jit(negatives.negatives, static_argnums=(3, 4))
 
 
 def test_every_family_makes_ink_in_range(digits, make):
-  out = np.asarray(make(jax.random.key(0), *digits, 4 * len(outliers.FAMILIES), outliers.FAMILIES))
-  assert out.shape == (4 * len(outliers.FAMILIES), 28, 28, 1)
+  out = np.asarray(
+    make(jax.random.key(0), *digits, 4 * len(negatives.FAMILIES), negatives.FAMILIES)
+  )
+  assert out.shape == (4 * len(negatives.FAMILIES), 28, 28, 1)
   assert out.min() >= 0 and out.max() <= 255
-  per_family = out.reshape(len(outliers.FAMILIES), 4, -1)
-  for name, images in zip(outliers.FAMILIES, per_family, strict=True):
+  per_family = out.reshape(len(negatives.FAMILIES), 4, -1)
+  for name, images in zip(negatives.FAMILIES, per_family, strict=True):
     if name != 'paper':  # Paper may be blank; every drawing has ink inside the frame.
       assert (images.max(axis=1) > 128).all(), name
       assert images.reshape(4, 28, 28)[:, [0, -1]].max() < 128, name  # Fitted, not cut.
 
 
 def test_same_key_same_images_other_key_other_images(digits, make):
-  first, again, other = (make(jax.random.key(k), *digits, 22, outliers.FAMILIES) for k in (0, 0, 1))
+  first, again, other = (
+    make(jax.random.key(k), *digits, 22, negatives.FAMILIES) for k in (0, 0, 1)
+  )
   np.testing.assert_array_equal(first, again)
   assert np.abs(np.asarray(first) - np.asarray(other)).mean() > 5
 
 
 def test_held_out_families_are_never_drawn(digits, monkeypatch):
   drawn = []
-  real = outliers.family
+  real = negatives.family
   monkeypatch.setattr(
-    outliers, 'family', lambda name, *args: drawn.append(name) or real(name, *args)
+    negatives, 'family', lambda name, *args: drawn.append(name) or real(name, *args)
   )
-  trained = tuple(f for f in outliers.FAMILIES if f not in ('triangle', 'star'))
-  outliers.negatives(jax.random.key(0), *digits, 20, trained)
+  trained = tuple(f for f in negatives.FAMILIES if f not in ('triangle', 'star'))
+  negatives.negatives(jax.random.key(0), *digits, 20, trained)
   assert sorted(drawn) == sorted(trained)
 
 
