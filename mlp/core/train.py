@@ -47,7 +47,7 @@ def _read_records(workdir: files.AnyPath) -> list[dict]:
   if not path.exists():
     return []
   records = []
-  for number, line in enumerate(path.read_bytes().decode(errors='replace').splitlines(), 1):
+  for number, line in enumerate(files.read_bytes(path).decode(errors='replace').splitlines(), 1):
     if not line.strip():
       continue
     try:

@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from input_pipeline.errors import UserError
-from mlp.machinery import files
+from mlp.machinery import deadlines, files
 
 LOCK_FILE = '.lock'
 LEASE_SECONDS = 60.0
@@ -136,11 +136,13 @@ class _Lease:
       pass
     try:
       # The live generation, to which the read and the takeover are bound.
-      live = self._blob.bucket.get_blob(self._blob.name)
+      live = self._blob.bucket.get_blob(self._blob.name, timeout=deadlines.STORAGE_SECONDS)
       generation = live and live.generation
       if not generation:  # Released meanwhile; a takeover is never unconditional.
         return 'a run that took the lock at the same moment'
-      held = json.loads(live.download_as_text(if_generation_match=generation))
+      held = json.loads(
+        live.download_as_text(if_generation_match=generation, timeout=deadlines.STORAGE_SECONDS)
+      )
       if held['expires'] > time.time():
         return held['holder']
       logging.warning('Taking over the lock of %s, whose lease ran out.', held['holder'])
@@ -160,16 +162,18 @@ class _Lease:
     self._done.set()
     self._thread.join(timeout=1)
     with contextlib.suppress(Exception):
-      self._blob.delete(if_generation_match=self._blob.generation, retry=None, timeout=10)
+      self._blob.delete(
+        if_generation_match=self._blob.generation, retry=None, timeout=deadlines.STORAGE_SECONDS
+      )
 
   def _write(self, **options) -> None:
     lease = {'holder': _holder(), 'expires': time.time() + LEASE_SECONDS}
-    self._blob.upload_from_string(json.dumps(lease), **options)
+    self._blob.upload_from_string(json.dumps(lease), timeout=deadlines.STORAGE_SECONDS, **options)
 
   def _renew(self) -> None:
     while not self._done.wait(LEASE_SECONDS / 3):
       try:
-        self._write(if_generation_match=self._blob.generation, retry=None, timeout=10)
+        self._write(if_generation_match=self._blob.generation, retry=None)
       except Exception as error:  # The next renewal tries again, within the lease.
         logging.warning('Renewing the lock %s failed: %s', self._blob.name, files.first_line(error))
 
