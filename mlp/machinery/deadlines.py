@@ -7,10 +7,9 @@ MLP_<NAME> in seconds (docs/deadlines.md lists them); tests set tiny ones.
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Iterator
-
-from input_pipeline.errors import UserError
 
 
 def _seconds(name: str, default: float) -> float:
@@ -23,8 +22,9 @@ def _seconds(name: str, default: float) -> float:
     value = float(text)
   except ValueError:
     value = -1.0
-  if not 0 < value < 1e6:
-    raise UserError(f'{variable}={text!r} is not a number of seconds above 0; unset it or fix it.')
+  if not 0 < value < 1e6:  # Read as main.py starts, before it can turn errors into lines.
+    sys.stderr.write(f'{variable}={text!r} is not a number of seconds above 0; fix or unset it.\n')
+    raise SystemExit(1)
   return value
 
 

@@ -9,7 +9,6 @@ write is a temporary file renamed on a disk, and a single upload in a bucket.
 """
 
 import contextlib
-import errno
 import functools
 import math
 import os
@@ -68,21 +67,18 @@ def in_bucket(value: str | os.PathLike) -> bool:
 def read_bytes(source: AnyPath) -> bytes:
   """A whole file the project reads; one that is not a regular file is a one-line UserError.
 
-  A FIFO, a socket or a device would block the read, or never end it. A local file is opened
-  without blocking and checked before it is read; an object in a bucket is always regular.
+  A FIFO, a socket or a device would block the read, or never end it. An object in a bucket
+  is always regular; a directory raises IsADirectoryError, as open() does.
   """
   if in_bucket(source):
     return source.read_bytes()
-  descriptor = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
-  with os.fdopen(descriptor, 'rb') as file:
-    mode = os.fstat(descriptor).st_mode
-    if stat.S_ISDIR(mode):
-      raise IsADirectoryError(errno.EISDIR, 'Is a directory', os.fspath(source))
-    if not stat.S_ISREG(mode):
-      raise UserError(
-        f'{source} is not a regular file (a FIFO, socket or device); move it away, then run '
-        'the same command again.'
-      )
+  mode = os.stat(source).st_mode
+  if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    raise UserError(
+      f'{source} is not a regular file (a FIFO, socket or device); move it away, then run '
+      'the same command again.'
+    )
+  with open(source, 'rb') as file:
     return file.read()
 
 
