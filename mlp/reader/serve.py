@@ -25,7 +25,7 @@ memory and no name from a client is ever opened.
 
 SIGTERM, SIGHUP or Ctrl-C stop the server: requests in flight get
 deadlines.SERVE_SHUTDOWN_SECONDS, then their clients get a JSON 503, and the process exits with
-the signal's status (143, 129, 130) a second later at the latest.
+the signal's status (143, 129, 130) 2 s later at the latest.
 
 Only requests whose Host header names the server (localhost, 127.0.0.1, ::1 or the --host it
 listens on) are answered; others get 400, so that a web page whose domain an attacker points at
@@ -48,6 +48,7 @@ import contextlib
 import io
 import ipaddress
 import json
+import logging as std_logging
 import os
 import queue
 import signal
@@ -527,7 +528,7 @@ def run(workdir: str, host: str, port: int) -> int:
   """Serves the run's latest checkpoint until a signal; returns its exit status (130, 143).
 
   uvicorn takes SIGINT and SIGTERM while it serves and raises them again once it has stopped;
-  SIGHUP raises Interrupted (stopping) into its loop, which stops it as well.
+  SIGHUP is passed to it the same way.
   """
   workdir = files.path(workdir)  # A directory, or gs://bucket/path.
   config, info, model, params = checkpoint.restore_for_inference(workdir)
@@ -549,10 +550,19 @@ def run(workdir: str, host: str, port: int) -> int:
       log_config=None,
       access_log=False,
       timeout_graceful_shutdown=deadlines.SERVE_SHUTDOWN_SECONDS,
+      loop='asyncio',  # uvloop would take the signal wake-up descriptor from the watchdog.
     )
   )
-  # The watchdog ends the process a second after the requests' time, whatever still runs.
-  stopping.stop_seconds = deadlines.SERVE_SHUTDOWN_SECONDS + 1
+
+  def hang_up(signum: int, frame) -> None:  # uvicorn stops gracefully on SIGINT and SIGTERM.
+    stopping.received.append(signum)
+    server.handle_exit(signum, frame)
+
+  if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # Not under nohup.
+    signal.signal(signal.SIGHUP, hang_up)
+  # The watchdog ends the process 2 s after the requests' time, whatever still runs.
+  stopping.stop_seconds = deadlines.SERVE_SHUTDOWN_SECONDS + 2
+  std_logging.getLogger('uvicorn.error').addFilter(_CancelledEcho())
   try:
     server.run(sockets=[sock])
   except KeyboardInterrupt:  # The signal uvicorn raises again once it has stopped.
@@ -564,6 +574,13 @@ def run(workdir: str, host: str, port: int) -> int:
   name = signal.Signals(stopping.received[0]).name if stopping.received else 'a signal'
   logging.info('Stopped by %s.', name)
   return status
+
+
+class _CancelledEcho(std_logging.Filter):
+  """Drops uvicorn's error line on requests cut at shutdown: each has its 503 line already."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return 'timeout graceful shutdown exceeded' not in record.getMessage()
 
 
 def _is_loopback(host: str) -> bool:
