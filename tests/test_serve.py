@@ -102,10 +102,13 @@ def server(trained_mnist_workdir):
 
 
 def png_header(width: int, height: int) -> bytes:
-  """A PNG's signature and header chunk alone: its size, and no pixels to decode."""
+  """A PNG that states its size and holds no pixels: Pillow opens it, decoding would fail."""
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
   header = struct.pack('>IIBBBBB', width, height, 1, 0, 0, 0, 0)
-  chunk = b'IHDR' + header
-  return b'\x89PNG\r\n\x1a\n' + struct.pack('>I', 13) + chunk + struct.pack('>I', zlib.crc32(chunk))
+  return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', b'') + chunk(b'IEND', b'')
 
 
 def png_bytes(image: Image.Image) -> bytes:
