@@ -137,6 +137,7 @@ def _train(config, workdir: files.AnyPath, stop: stopping.StopRequests) -> dict:
 
   try:
     epoch_seconds = []
+    stop.begin()  # Until here a signal ends the run at once: there is nothing to save.
     for epoch in trainer.epochs(
       run,
       train_state,

@@ -165,8 +165,9 @@ class Stopped(Exception):
 class StopRequests:
   """A context in which a signal is recorded rather than acted on, once training has begun.
 
-  Before the first step-call boundary (loading and decoding data, restoring, compiling) there
-  is nothing to save yet: a signal raises Interrupted at once.
+  Before `begin` (loading and decoding data, restoring, building) there is nothing to save
+  yet: a signal raises Interrupted at once. From `begin`, just before the first step call is
+  dispatched, it waits for the next boundary.
   """
 
   def __init__(self):
@@ -201,11 +202,15 @@ class StopRequests:
       )
     self.signum = self.signum or signum
 
+  def begin(self) -> None:
+    """Training starts: from now on a signal waits for the next step-call boundary."""
+    _training.set()
+
   def requested(self, step: int) -> bool:
     """Whether to stop at this boundary; step must grow by boundary, the same in each process."""
     import jax
 
-    _training.set()
+    self.begin()
 
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
