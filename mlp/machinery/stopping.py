@@ -8,7 +8,7 @@ taken as SIGTERM (unless the run was started under nohup). A second signal is ne
 exception thrown while XLA runs a long step call (steps_per_call=0) crashed the process inside
 XLA (a segmentation fault). It starts the watchdog's clock instead (below).
 
-Outside training (flag parsing, imports, loading and decoding data, compiling, serving)
+Outside training (flag parsing, imports, loading and decoding data, restoring, serving)
 `exit_on_signals` makes any of them an Interrupted exception at once, which main.py also turns
 into one line and 130, 129 or 143.
 
@@ -39,6 +39,7 @@ received: list[int] = []
 stop_seconds = deadlines.STOP_SECONDS
 # Whether training has begun: its first signal waits for the next step-call boundary.
 _training = threading.Event()
+_watchdog = threading.Event()  # Set once its thread runs.
 _NOTHING_KEPT = 'nothing was being written'
 _CHECKPOINTS_KEPT = (
   'checkpoints written before it are kept, one being written is not; run the same command to '
@@ -126,9 +127,6 @@ def _start_watchdog() -> None:
   os.set_blocking(write_end, False)
   signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
   threading.Thread(target=_watch, args=(read_end,), name='stop-watchdog', daemon=True).start()
-
-
-_watchdog = threading.Event()
 
 
 def _watch(read_end: int) -> None:
