@@ -28,7 +28,7 @@ def initialize_calls(monkeypatch) -> list[tuple]:
   for name in (devices.ENV_COORDINATOR_ADDRESS, devices.ENV_NUM_PROCESSES, devices.ENV_PROCESS_ID):
     monkeypatch.delenv(name, raising=False)
   calls = []
-  monkeypatch.setattr(jax.distributed, 'initialize', lambda *args: calls.append(args))
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda *args, **kwargs: calls.append(args))
   return calls
 
 
@@ -52,7 +52,7 @@ def test_auto_leaves_the_cluster_to_jax(initialize_calls):
 
 
 def test_missing_or_bad_settings_are_one_line(monkeypatch, initialize_calls):
-  def refuse(*args):
+  def refuse(*args, **kwargs):
     raise ValueError('coordinator_address should be defined.')
 
   monkeypatch.setattr(jax.distributed, 'initialize', refuse)

@@ -8,12 +8,16 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -37,9 +41,15 @@ REQUEST_LINE = re.compile(r'serve\.py:\d+\] \S+ (GET|POST) (\S+) (\d{3}) \d+B [\
 class Server:
   """`main.py --mode=serve` in a subprocess; its stderr lines are collected as they come."""
 
-  def __init__(self, workdir: Path, *flags: str):
+  def __init__(self, workdir: Path, *flags: str, env: dict[str, str] | None = None):
     command = [sys.executable, 'main.py', '--mode=serve', f'--workdir={workdir}', '--port=0']
-    self.process = subprocess.Popen([*command, *flags], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    self.process = subprocess.Popen(
+      [*command, *flags],
+      cwd=ROOT,
+      stderr=subprocess.PIPE,
+      text=True,
+      env={**os.environ, **(env or {})},
+    )
     self.lines: list[str] = []
     self.url = None
     started = threading.Event()
@@ -89,6 +99,16 @@ def serving(workdir: Path, *flags: str):
 def server(trained_mnist_workdir):
   with serving(trained_mnist_workdir) as running:
     yield running
+
+
+def png_header(width: int, height: int) -> bytes:
+  """A PNG that states its size and holds no pixels: Pillow opens it, decoding would fail."""
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
+  header = struct.pack('>IIBBBBB', width, height, 1, 0, 0, 0, 0)
+  return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', b'') + chunk(b'IEND', b'')
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -170,6 +190,8 @@ def _bad_requests() -> dict[str, tuple[dict, int, str]]:
       'the image is 12000x9000 pixels',
     ),
     'decompression bomb': (raw(png_bytes(Image.new('1', (20000, 10000)))), 413, 'the image is'),
+    'a 1x99,000,000 strip': (raw(png_header(1, 99_000_000)), 413, 'the image is 1x99000000 pixels'),
+    'just over the budget': (raw(png_header(5001, 5000)), 413, 'the image is 5001x5000 pixels'),
     'text': (raw(good, 'text/plain'), 415, "unsupported content type 'text/plain'"),
     'json': (raw(b'{"image": "seven.png"}', 'application/json'), 415, 'unsupported content'),
     'no content type': ({'content': good}, 415, "unsupported content type '(none)'"),
@@ -220,8 +242,8 @@ def test_binds_to_loopback_by_default_and_ctrl_c_stops_it(trained_mnist_workdir)
     assert httpx.get(server.url + 'api/health').json()['status'] == 'ok'
   finally:
     status = server.stop()
-  assert status == 0, server.log
-  assert server.lines[-1].endswith('Stopped.')
+  assert status == 130, server.log
+  assert server.lines[-1].endswith('Stopped by SIGINT.')
   assert 'Traceback' not in server.log
 
 
@@ -294,3 +316,81 @@ def test_host_names():
   assert serve.host_name('Example.COM') == 'example.com'
   assert serve.allowed_hosts('127.0.0.1') == {'localhost', '127.0.0.1', '::1'}
   assert 'box.lan' in serve.allowed_hosts('box.lan')
+
+
+def test_a_cross_site_post_is_refused_and_a_same_site_one_answered(server):
+  image = {'files': {'image': ('7.png', png_bytes(seven(ink=0, paper=255)))}}
+  host = server.url.removeprefix('http://').rstrip('/')
+  for origin, status in [('http://evil.com', 403), ('null', 403), (f'http://{host}', 200)]:
+    response = httpx.post(server.url + 'api/predict', headers={'Origin': origin}, **image)
+    assert response.status_code == status, (origin, response.text)
+    assert response.headers['content-type'] == 'application/json'
+  assert httpx.post(server.url + 'api/predict', **image).status_code == 200  # No Origin: a tool.
+
+
+def test_the_pixel_budget_makes_large_images_wait_then_503(monkeypatch):
+  import asyncio
+
+  from starlette.exceptions import HTTPException
+
+  from mlp.machinery import deadlines
+
+  monkeypatch.setattr(deadlines, 'DECODE_WAIT_SECONDS', 0.2)
+
+  async def scenario() -> list[str]:
+    budget, events = serve.PixelBudget(10), []
+
+    async def request(name: str, pixels: int, hold: float) -> None:
+      try:
+        async with budget.share(pixels):
+          events.append(f'{name} in')
+          await asyncio.sleep(hold)
+      except HTTPException as error:
+        events.append(f'{name} {error.status_code}')
+
+    await asyncio.gather(
+      request('a', 6, 0.1), request('b', 6, 0), request('c', 3, 0), request('d', 10, 0.5)
+    )
+    assert budget.free == 10
+    return events
+
+  events = asyncio.run(scenario())
+  # a and c fit at once; b waits for a; d (the whole budget) gets it after them, within 0.2 s.
+  assert events[:2] == ['a in', 'c in'] and 'b in' in events and 'd in' in events
+
+
+def _stalled_upload(url: str) -> socket.socket:
+  """A POST that sends its headers and a little of its body, then nothing."""
+  host, port = url.removeprefix('http://').rstrip('/').split(':')
+  client = socket.create_connection((host, int(port)))
+  client.sendall(
+    f'POST /api/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n'.encode()
+    + b'Content-Length: 100000\r\n\r\n\x89PNG'
+  )
+  return client
+
+
+@pytest.mark.parametrize(
+  ('signum', 'status'), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)]
+)
+def test_a_signal_stops_it_within_3_s_with_requests_in_flight(
+  trained_mnist_workdir, signum, status
+):
+  server = Server(trained_mnist_workdir)
+  try:
+    clients = [_stalled_upload(server.url) for _ in range(3)]
+    time.sleep(0.5)
+    start = time.perf_counter()
+    server.process.send_signal(signum)
+    assert server.process.wait(30) == status, server.log
+    seconds = time.perf_counter() - start
+  finally:
+    server.stop()
+  assert seconds < 3, seconds
+  for client in clients:
+    client.settimeout(5)
+    answer = client.recv(65536).decode()
+    client.close()
+    assert answer.startswith('HTTP/1.1 503'), answer
+    assert 'application/json' in answer and '"error":"the server is stopping' in answer, answer
+  assert 'Traceback' not in server.log

@@ -6,16 +6,19 @@ processes (hosts), each holds the whole dataset, computes the same global order 
 only the rows its own devices take, so results do not depend on how many processes there are.
 """
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from input_pipeline.errors import UserError
+from mlp.machinery import deadlines
 
 DATA_AXIS = 'data'
 # Read when the matching argument of initialize_distributed is None. JAX itself also reads
@@ -35,7 +38,10 @@ def initialize_distributed(
 
   Arguments left None are read from the environment (ENV_*). If none is set anywhere, only
   auto=True initialises: JAX then detects the cluster itself (Cloud TPU pods, SLURM, Open MPI).
-  Returns whether jax.distributed was initialised.
+  Returns whether jax.distributed was initialised. Joining waits for every process for at
+  most deadlines.COORDINATOR_SECONDS, then ends the process with one line and status 1: JAX's
+  own limit aborts it with a stack dump, and its wait in C cannot be interrupted. A signal
+  meanwhile ends it through stopping's watchdog.
   """
   try:
     coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR_ADDRESS)
@@ -47,7 +53,21 @@ def initialize_distributed(
       return False
     if coordinator_address is not None:
       check_address(coordinator_address)
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    bound = deadlines.COORDINATOR_SECONDS
+    where = coordinator_address or "the cluster's coordinator"
+    logging.info('Joining the run at %s (waiting up to %gs for every process).', where, bound)
+    late = (
+      f'Not every process joined the run at {where} within {bound:g}s; start all '
+      f'{num_processes or "of its"} processes with the same --coordinator_address and '
+      '--num_processes, or set MLP_COORDINATOR_SECONDS to wait longer.'
+    )
+    with deadlines.ending_after(bound, late):
+      jax.distributed.initialize(
+        coordinator_address,
+        num_processes,
+        process_id,
+        initialization_timeout=math.ceil(bound) + 10,  # Ours ends the wait first.
+      )
   except ValueError as error:  # A bad number, or JAX naming the missing setting.
     raise UserError(
       f'Cannot start the distributed run ({error}); set --coordinator_address, --num_processes'

@@ -10,19 +10,44 @@ write is a temporary file renamed on a disk, and a single upload in a bucket.
 
 import contextlib
 import functools
+import math
 import os
 import pathlib
 import secrets
+import stat
 from collections.abc import Iterator
 
+import fsspec
 from etils import epath
 
 from input_pipeline.errors import UserError
+from mlp.machinery import deadlines
 
 # gs:// goes through gcsfs (fsspec), not TensorFlow's gfile, whether or not TensorFlow is
 # installed: training does not need TensorFlow, and gcsfs, like the google-cloud-storage
-# client of the lock and tensorstore's driver of orbax, honours STORAGE_EMULATOR_HOST.
+# client of the lock, honours STORAGE_EMULATOR_HOST.
 os.environ.setdefault('EPATH_USE_TF', 'false')
+
+
+def _bound_storage_requests() -> None:
+  """Every request to a bucket gives up after deadlines.STORAGE_SECONDS, in each library.
+
+  tensorstore (orbax's arrays) reads its own variables: without TENSORSTORE_GCS_HTTP_URL it
+  goes to the real endpoint even with an emulator set, and waits there with no answer.
+  """
+  seconds = deadlines.STORAGE_SECONDS
+  fsspec.config.conf.setdefault('gs', {}).setdefault('requests_timeout', seconds)
+  whole = str(math.ceil(seconds))
+  os.environ.setdefault('TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS', whole)
+  os.environ.setdefault('TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS', whole)  # Stalled this long,
+  os.environ.setdefault('TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES', '1')  # under 1 byte a second.
+  emulator = os.environ.get('STORAGE_EMULATOR_HOST', '').strip()
+  if emulator:
+    scheme = '' if '://' in emulator else 'http://'
+    os.environ.setdefault('TENSORSTORE_GCS_HTTP_URL', scheme + emulator)
+
+
+_bound_storage_requests()
 
 
 # A path on a disk stays a pathlib.Path, whose stat() and errors callers know; one in a bucket
@@ -38,6 +63,24 @@ def path(value: str | os.PathLike) -> AnyPath:
 
 def in_bucket(value: str | os.PathLike) -> bool:
   return os.fspath(value).startswith('gs://')
+
+
+def read_bytes(source: AnyPath) -> bytes:
+  """A whole file the project reads; one that is not a regular file is a one-line UserError.
+
+  A FIFO, a socket or a device would block the read, or never end it. An object in a bucket
+  is always regular; a directory raises IsADirectoryError, as open() does.
+  """
+  if in_bucket(source):
+    return source.read_bytes()
+  mode = os.stat(source).st_mode
+  if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    raise UserError(
+      f'{source} is not a regular file (a FIFO, socket or device); move it away, then run '
+      'the same command again.'
+    )
+  with open(source, 'rb') as file:
+    return file.read()
 
 
 def write_atomic(target: AnyPath, data: str | bytes) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 
 from input_pipeline.errors import UserError
-from mlp.machinery import files
+from mlp.machinery import deadlines, files
 
 LOCK_FILE = '.lock'
 LEASE_SECONDS = 60.0
@@ -158,11 +158,13 @@ class _Lease:
       pass
     try:
       # The live generation, to which the read and the takeover are bound.
-      live = self._blob.bucket.get_blob(self._blob.name)
+      live = self._blob.bucket.get_blob(self._blob.name, timeout=deadlines.STORAGE_SECONDS)
       generation = live and live.generation
       if not generation:  # Released meanwhile; a takeover is never unconditional.
         return 'a run that took the lock at the same moment'
-      held = json.loads(live.download_as_text(if_generation_match=generation))
+      held = json.loads(
+        live.download_as_text(if_generation_match=generation, timeout=deadlines.STORAGE_SECONDS)
+      )
       if held['expires'] > time.time():
         return held['holder']
       logging.warning('Taking over the lock of %s, whose lease ran out.', held['holder'])
@@ -182,11 +184,13 @@ class _Lease:
     self._done.set()
     self._thread.join(timeout=1)
     with contextlib.suppress(Exception):
-      self._blob.delete(if_generation_match=self._blob.generation, retry=None, timeout=10)
+      self._blob.delete(
+        if_generation_match=self._blob.generation, retry=None, timeout=deadlines.STORAGE_SECONDS
+      )
 
   def _write(self, **options) -> None:
     lease = {'holder': _holder(), 'expires': time.time() + LEASE_SECONDS}
-    self._blob.upload_from_string(json.dumps(lease), **options)
+    self._blob.upload_from_string(json.dumps(lease), timeout=deadlines.STORAGE_SECONDS, **options)
 
   def _renew(self) -> None:
     """Renews the lease every LEASE_SECONDS / 3, and every CHECK_SECONDS makes sure the lock
@@ -197,10 +201,12 @@ class _Lease:
     while not self._done.wait(min(CHECK_SECONDS, LEASE_SECONDS / 3)):
       try:
         if time.monotonic() - renewed >= LEASE_SECONDS / 3:
-          self._write(if_generation_match=self._blob.generation, retry=None, timeout=10)
+          self._write(if_generation_match=self._blob.generation, retry=None)
           renewed = time.monotonic()
           continue
-        live = self._blob.bucket.get_blob(self._blob.name, retry=None, timeout=10)
+        live = self._blob.bucket.get_blob(
+          self._blob.name, retry=None, timeout=deadlines.STORAGE_SECONDS
+        )
         if live is None or live.generation != self._blob.generation:
           raise exceptions.PreconditionFailed('the lock object changed')
       except (exceptions.PreconditionFailed, exceptions.NotFound):

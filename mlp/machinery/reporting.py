@@ -68,7 +68,7 @@ def _whole_records(workdir: files.AnyPath) -> tuple[list[dict], list[dict]]:
   if not path.exists():
     return [], []
   records, tests = [], []
-  for number, line in enumerate(path.read_bytes().decode(errors='replace').splitlines(), 1):
+  for number, line in enumerate(files.read_bytes(path).decode(errors='replace').splitlines(), 1):
     if not line.strip():
       continue
     try:

@@ -147,6 +147,7 @@ class Run:
       devices.is_main_process(),
     )
     sums, self._start_step, self._started = position.sums(), step, time.perf_counter()
+    self._stop.begin()  # From the first step call on, a signal stops at a call boundary.
     self._written = (step, 0.0)  # The step and training seconds of the last record.
     return (state if restored is None else restored), step, sums or metrics.zero_sums()
 

@@ -15,20 +15,30 @@ Routes:
   GET  /api/model    the run's summary: model, dataset, classes, test accuracy.
 
 Errors are JSON {"error": "<one line>"}: 400 an image it cannot prepare (not an image, blank,
-no digit, a mode or format it cannot convert), 408 an upload that stalls for
-UPLOAD_IDLE_SECONDS, 413 over MAX_BYTES or MAX_PIXELS, 415 another content type, 404/405 for
-other routes; 500 only for a fault of the model itself (the traceback stays in the server's
-log). A client that goes away mid-upload is one log line (status 499, nginx's "client closed
-request"). Uploads stay in memory and no name from a client is ever opened. SIGTERM or Ctrl-C
-stops the server within SHUTDOWN_SECONDS, whatever its clients are doing.
+no digit, a mode or format it cannot convert), 403 a POST from another site's page, 408 an
+upload that stalls for deadlines.UPLOAD_IDLE_SECONDS, 413 over MAX_BYTES or REQUEST_PIXELS,
+415 another content type, 503 when the decoding budget stays spent for
+deadlines.DECODE_WAIT_SECONDS or the server is stopping, 404/405 for other routes; 500 only for
+a fault of the model itself (the traceback stays in the server's log). A client that goes away
+mid-upload is one log line (status 499, nginx's "client closed request"). Uploads stay in
+memory and no name from a client is ever opened.
+
+SIGTERM, SIGHUP or Ctrl-C stop the server: requests in flight get
+deadlines.SERVE_SHUTDOWN_SECONDS, then their clients get a JSON 503, and the process exits with
+the signal's status (143, 129, 130) 2 s later at the latest.
 
 Only requests whose Host header names the server (localhost, 127.0.0.1, ::1 or the --host it
 listens on) are answered; others get 400, so that a web page whose domain an attacker points at
-127.0.0.1 (DNS rebinding) cannot use the API. Every reply carries X-Content-Type-Options: nosniff.
+127.0.0.1 (DNS rebinding) cannot use the API. A POST whose Origin header names another host
+than its Host header gets 403: another site's page cannot have the model read its images.
+Every reply carries X-Content-Type-Options: nosniff.
 
-Images are decoded and prepared on at most PREPARE_THREADS threads; their model inputs go to one
-inference thread (`Batcher`) that classifies whatever has queued up meanwhile in one padded
-batch of a fixed bucket size, each bucket compiled once at start-up.
+Memory: decoding and preparing an image takes about 30 bytes per pixel (a 1x99,000,000 PNG of
+192 KB took 2.8 GB). So its size is read from the header first: over REQUEST_PIXELS is 413.
+The images being prepared at once hold at most DECODE_PIXELS pixels between them (a large
+photo waits for the others, a drawing hardly ever), on at most PREPARE_THREADS threads. Their
+model inputs go to one inference thread (`Batcher`) that classifies whatever has queued up
+meanwhile in one padded batch of a fixed bucket size, each bucket compiled once at start-up.
 """
 
 import asyncio
@@ -38,9 +48,12 @@ import contextlib
 import io
 import ipaddress
 import json
+import logging as std_logging
 import os
 import queue
+import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -63,13 +76,13 @@ from starlette.routing import Route
 from input_pipeline import DatasetInfo
 from input_pipeline.errors import UserError
 from mlp.core import configuration, outliers
-from mlp.machinery import checkpoint, files, reporting
-from mlp.reader import predict, preprocess
+from mlp.machinery import checkpoint, deadlines, files, reporting, stopping
+from mlp.reader import predict
 
 MAX_BYTES = 10 * 1024 * 1024  # An upload's size; phone photos are 2-8 MB.
-UPLOAD_IDLE_SECONDS = 10  # A client sending nothing for this long is answered 408 and dropped.
-SHUTDOWN_SECONDS = 3  # After a stop signal, open requests get this long before they are cut.
-MAX_PIXELS = preprocess.MAX_PIXELS  # Width x height, checked from the header before decoding.
+# Width x height of one image, read from its header before decoding: a 24 MP photo passes.
+REQUEST_PIXELS = 25_000_000
+DECODE_PIXELS = 2 * REQUEST_PIXELS  # Of all the images being prepared at once: about 1.5 GB.
 BUCKETS = (1, 8, 32, 128)  # Batch sizes the inference thread compiles, one program each.
 PREPARE_THREADS = max(os.cpu_count() or 1, 2)  # Decoding a photo takes tens of MB and ms.
 PAGE = Path(__file__).with_name('static') / 'index.html'
@@ -103,6 +116,8 @@ class Batcher:
     self._classifiers = {size: predict.classifier(model, params, info, size) for size in buckets}
     self._queue: queue.Queue = queue.Queue()
     self._thread = threading.Thread(target=self._loop, name='inference', daemon=True)
+    self._closing = threading.Lock()
+    self._closed = False
 
   def start(self) -> 'Batcher':
     """Compiles every bucket (so no request waits for a compilation), then starts the thread."""
@@ -112,13 +127,19 @@ class Batcher:
     return self
 
   def close(self) -> None:
-    self._queue.put(None)
+    """Classifies what is queued; a call after this raises (a request left running at exit)."""
+    with self._closing:
+      self._closed = True
+      self._queue.put(None)
     self._thread.join()
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     """Probabilities (n, classes) for uint8 images (n, H, W, C); thread-safe, blocking."""
     done: concurrent.futures.Future = concurrent.futures.Future()
-    self._queue.put((images, done))
+    with self._closing:
+      if self._closed:
+        raise RuntimeError('the server is stopping')
+      self._queue.put((images, done))
     return done.result()
 
   def _loop(self) -> None:
@@ -178,8 +199,8 @@ def _test_accuracy(metrics_file: Path) -> float | None:
   """The last test accuracy in metrics.jsonl; None if the run never reached its test."""
   accuracy = None
   try:
-    lines = metrics_file.read_text(errors='replace').splitlines()
-  except OSError:  # Missing, a directory, unreadable: the page shows no accuracy.
+    lines = files.read_bytes(metrics_file).decode(errors='replace').splitlines()
+  except (OSError, UserError):  # Missing, a FIFO, unreadable: the page shows no accuracy.
     lines = []
   for line in lines:
     with contextlib.suppress(ValueError):  # A line cut short by a killed run.
@@ -195,21 +216,58 @@ def _png_data_url(pixels: np.ndarray) -> str:
   return 'data:image/png;base64,' + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _check_pixels(data: bytes) -> None:
-  """413 for an image too large to decode, from its header alone; other faults pass on."""
+def _pixels(data: bytes) -> int:
+  """Width x height from the image's header alone; 413 over REQUEST_PIXELS.
+
+  0 for bytes that are not an image, or are damaged: preparing them says which.
+  """
   try:
     with Image.open(io.BytesIO(data)) as image:
       width, height = image.size
   except Image.DecompressionBombError as error:
     raise HTTPException(413, f'the image is too large to decode ({error})') from None
-  except Exception:  # Not an image, or damaged: predict_bytes says which.
-    return
-  if width * height > MAX_PIXELS:
+  except Exception:
+    return 0
+  if width * height > REQUEST_PIXELS:
     raise HTTPException(
       413,
-      f'the image is {width}x{height} pixels, over the limit of {MAX_PIXELS // 10**6} megapixels:'
-      ' send a smaller one',
+      f'the image is {width}x{height} pixels, over the limit of {REQUEST_PIXELS / 10**6:g} '
+      'megapixels: send a smaller one',
     )
+  return width * height
+
+
+class PixelBudget:
+  """The pixels that the images being prepared at once may hold between them.
+
+  A request takes its image's share before decoding and gives it back after; one that cannot
+  have it within deadlines.DECODE_WAIT_SECONDS gets 503.
+  """
+
+  def __init__(self, total: int):
+    self.total = total
+    self.free = total
+    self._changed = asyncio.Condition()
+
+  @contextlib.asynccontextmanager
+  async def share(self, pixels: int):
+    pixels = min(pixels, self.total)
+    async with self._changed:
+      try:
+        await asyncio.wait_for(
+          self._changed.wait_for(lambda: self.free >= pixels), deadlines.DECODE_WAIT_SECONDS
+        )
+      except TimeoutError:
+        raise HTTPException(
+          503, 'the server is busy preparing other images; send it again in a few seconds'
+        ) from None
+      self.free -= pixels
+    try:
+      yield
+    finally:
+      async with self._changed:
+        self.free += pixels
+        self._changed.notify_all()
 
 
 async def _read_body(request: Request) -> bytes:
@@ -224,13 +282,13 @@ async def _read_body(request: Request) -> bytes:
   stream = request.stream()
   while True:
     try:
-      with anyio.fail_after(UPLOAD_IDLE_SECONDS):
+      with anyio.fail_after(deadlines.UPLOAD_IDLE_SECONDS):
         chunk = await anext(stream)
     except StopAsyncIteration:
       return b''.join(chunks)
     except TimeoutError:
       raise HTTPException(
-        408, f'the upload stalled for {UPLOAD_IDLE_SECONDS}s; send it again'
+        408, f'the upload stalled for {deadlines.UPLOAD_IDLE_SECONDS:g}s; send it again'
       ) from None
     size += len(chunk)
     if size > MAX_BYTES:
@@ -287,6 +345,7 @@ def make_app(
   refuse = predict.refusal(workdir)
   page = PAGE.read_text()
   limiter = anyio.CapacityLimiter(PREPARE_THREADS)
+  budget = PixelBudget(DECODE_PIXELS)
 
   async def index(request: Request) -> HTMLResponse:
     return HTMLResponse(page, headers=SECURITY_HEADERS)
@@ -309,12 +368,18 @@ def make_app(
       except Exception as error:
         raise _ModelFailed from error
 
-    def work() -> tuple[dict, list[np.ndarray]]:
-      _check_pixels(data)
-      return predict.read_bytes(data, classify, info, refuse)
-
     try:
-      result, seen = await anyio.to_thread.run_sync(work, limiter=limiter)
+      async with budget.share(_pixels(data)):
+        # Abandoned, not awaited, when the server stops: the client is answered at once.
+        result, seen = await anyio.to_thread.run_sync(
+          predict.read_bytes,
+          data,
+          classify,
+          info,
+          refuse,
+          limiter=limiter,
+          abandon_on_cancel=True,
+        )
     except UserError as error:
       raise HTTPException(400, str(error)) from None
     except (_ModelFailed, HTTPException):
@@ -378,8 +443,15 @@ def host_name(header: str) -> str:
   return header.rsplit(':', 1)[0] if header.count(':') == 1 else header
 
 
+def _cross_site(headers: dict[bytes, bytes], host: str) -> bool:
+  """Whether the request comes from a page of another host than the one it is sent to."""
+  origin = headers.get(b'origin', b'').decode('latin-1').strip().lower()
+  return bool(origin) and origin.partition('://')[2] != host.strip().lower()
+
+
 class _Guard:
-  """ASGI middleware: 400 for a foreign Host header; nosniff on every reply."""
+  """ASGI middleware: 400 for a foreign Host header, 403 for a cross-site POST; nosniff on
+  every reply."""
 
   def __init__(self, app, hosts: frozenset[str]):
     self.app = app
@@ -395,12 +467,19 @@ class _Guard:
         message = {**message, 'headers': [*headers, NOSNIFF]}
       await send(message)
 
-    host = dict(scope.get('headers', [])).get(b'host', b'').decode('latin-1')
-    if host_name(host) in self.hosts:
+    headers = dict(scope.get('headers', []))
+    host = headers.get(b'host', b'').decode('latin-1')
+    if host_name(host) not in self.hosts:
+      refused = JSONResponse(
+        {'error': f'unknown host {host!r}: open the page at the address the server printed'}, 400
+      )
+    elif scope['method'] == 'POST' and _cross_site(headers, host):
+      refused = JSONResponse(
+        {'error': 'a POST from a page of another site is refused: use the page this server shows'},
+        403,
+      )
+    else:
       return await self.app(scope, receive, sending)
-    refused = JSONResponse(
-      {'error': f'unknown host {host!r}: open the page at the address the server printed'}, 400
-    )
     await refused(scope, receive, sending)
 
 
@@ -413,19 +492,23 @@ class _LogRequests:
   async def __call__(self, scope, receive, send):
     if scope['type'] != 'http':
       return await self.app(scope, receive, send)
-    start, status, size = time.perf_counter(), 500, 0
+    start, status, size, started = time.perf_counter(), 500, 0, False
 
     async def sending(message):
-      nonlocal status, size
+      nonlocal status, size, started
       if message['type'] == 'http.response.start':
-        status = message['status']
+        status, started = message['status'], True
       elif message['type'] == 'http.response.body':
         size += len(message.get('body', b''))
       await send(message)
 
     try:
       await self.app(scope, receive, sending)
-    except asyncio.CancelledError:  # Cut at shutdown (a stalled upload): its log line says 503.
+    except asyncio.CancelledError:  # Cut at shutdown: the client learns why, in JSON.
+      if not started:
+        stopping_ = JSONResponse({'error': 'the server is stopping; send it again later'}, 503)
+        with contextlib.suppress(Exception):
+          await stopping_(scope, receive, sending)
       status = 503
     finally:
       client = scope.get('client') or ('-', 0)
@@ -450,7 +533,11 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def run(workdir: str, host: str, port: int) -> int:
-  """Serves the run's latest checkpoint until Ctrl-C (SIGINT) or SIGTERM; returns 0."""
+  """Serves the run's latest checkpoint until a signal, then ends the process with its status.
+
+  uvicorn takes SIGINT and SIGTERM while it serves and raises them again once it has stopped;
+  SIGHUP is passed to it the same way.
+  """
   workdir = files.path(workdir)  # A directory, or gs://bucket/path.
   config, info, model, params = checkpoint.restore_for_inference(workdir)
   sock = _listen(host, port)
@@ -472,18 +559,44 @@ def run(workdir: str, host: str, port: int) -> int:
   logging.info('Serving %s on %s (Ctrl-C stops).', workdir, url)
   server = uvicorn.Server(
     uvicorn.Config(
-      app, log_config=None, access_log=False, timeout_graceful_shutdown=SHUTDOWN_SECONDS
+      app,
+      log_config=None,
+      access_log=False,
+      timeout_graceful_shutdown=deadlines.SERVE_SHUTDOWN_SECONDS,
+      loop='asyncio',  # uvloop would take the signal wake-up descriptor from the watchdog.
     )
   )
+
+  def hang_up(signum: int, frame) -> None:  # uvicorn stops gracefully on SIGINT and SIGTERM.
+    stopping.received.append(signum)
+    server.handle_exit(signum, frame)
+
+  if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # Not under nohup.
+    signal.signal(signal.SIGHUP, hang_up)
+  # The watchdog ends the process 2 s after the requests' time, whatever still runs.
+  stopping.stop_seconds = deadlines.SERVE_SHUTDOWN_SECONDS + 2
+  std_logging.getLogger('uvicorn.error').addFilter(_CancelledEcho())
   try:
     server.run(sockets=[sock])
-  except KeyboardInterrupt:  # Uvicorn re-raises Ctrl-C once it has shut down gracefully.
+  except KeyboardInterrupt:  # The signal uvicorn raises again once it has stopped.
     pass
   finally:
     batcher.close()
     sock.close()
-  logging.info('Stopped.')
-  return 0
+  if not stopping.received:
+    return 0
+  logging.info('Stopped by %s.', signal.Signals(stopping.received[0]).name)
+  # Nothing is left to write: skip Python's teardown of JAX (a second or more on a busy CPU),
+  # so that a stop takes SERVE_SHUTDOWN_SECONDS and little more.
+  sys.stderr.flush()
+  os._exit(stopping.exit_status())
+
+
+class _CancelledEcho(std_logging.Filter):
+  """Drops uvicorn's error line on requests cut at shutdown: each has its 503 line already."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return 'timeout graceful shutdown exceeded' not in record.getMessage()
 
 
 def _is_loopback(host: str) -> bool:
