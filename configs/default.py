@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict()
   config.optim.optimizer = 'adam'  # adam, adamw, sgd or lion.
   config.optim.batch_size = 100
-  config.optim.num_epochs = 10
+  config.optim.num_epochs = 10.0  # A fraction trains part of the last epoch.
   config.optim.learning_rate = 1e-3  # The peak, under a schedule.
   config.optim.beta1 = 0.9  # adam, adamw, lion.
   config.optim.beta2 = 0.999  # adam, adamw, lion.

@@ -121,3 +121,11 @@ def test_an_averaged_run_is_evaluated_and_restored_with_its_average(tmp_path, mo
   assert averaged['test_loss'] != plain['test_loss']
   evaluated = train.evaluate_checkpoint(tmp_path / 'averaged')  # predict, export, serve: the same.
   np.testing.assert_allclose(evaluated['test_loss'], averaged['test_loss'], rtol=1e-6)
+
+
+def test_a_fraction_of_an_epoch_trains_that_share_of_its_steps(tmp_path, mock_mnist):
+  records = train.train_and_evaluate(
+    tiny_config(tmp_path, {'optim.num_epochs': 1.5}), tmp_path / 'run'
+  )['records']
+  per_epoch = records[0]['step']
+  assert [(r['step'], r['epoch']) for r in records] == [(per_epoch, 1), (round(1.5 * per_epoch), 2)]

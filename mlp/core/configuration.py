@@ -51,7 +51,9 @@ _OPTIM = {
     same_as_before=True,
   ),
   'batch_size': positive(100, Role.RESULT, 'Global batch; must divide over the devices.'),
-  'num_epochs': positive(10, Role.LENGTH, 'Epochs to train; a resume may raise it.'),
+  'num_epochs': positive(
+    10.0, Role.LENGTH, 'Epochs to train, a fraction allowed; a resume may raise it.'
+  ),
   'learning_rate': positive(1e-3, Role.TRACED, 'Step size (the peak of a schedule).'),
   'beta1': fraction(
     0.9, Role.RESULT, 'Decay of the first moment (adam, adamw, lion).', same_as_before=True

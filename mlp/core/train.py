@@ -19,6 +19,7 @@ from mlp.core.trainer import (
   Trainer,
   compile_programs,
   last_batch_metrics,
+  last_step,
   place_eval_data,
   setup,
   train_steps,
@@ -74,7 +75,7 @@ def train_loop(
   how the steps are split into calls never changes a number.
   """
   per_epoch, every = trainer.steps_per_epoch, config.run
-  last = config.optim.num_epochs * per_epoch
+  last = last_step(config, per_epoch)
   log_every, eval_every = every.log_every_steps or per_epoch, every.eval_every_steps or per_epoch
   checkpoint_every = [
     n for n in (every.checkpoint_every_steps, every.checkpoint_every_epochs * per_epoch) if n

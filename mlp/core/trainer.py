@@ -81,6 +81,11 @@ def steps_per_epoch(config: ml_collections.ConfigDict, train: input_pipeline.Spl
   return -(-len(train) // config.optim.batch_size)
 
 
+def last_step(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """Where training ends: optim.num_epochs may be a fraction (0.8: four fifths of an epoch)."""
+  return max(round(config.optim.num_epochs * steps_per_epoch), 1)
+
+
 def setup(
   config: ml_collections.ConfigDict,
   info: input_pipeline.DatasetInfo,

@@ -7,6 +7,7 @@ whether to stop; everything that makes that safe to interrupt and resume is here
 
 import contextlib
 import json
+import math
 import time
 
 import jax
@@ -19,6 +20,7 @@ import mlp
 from input_pipeline.errors import UserError
 from mlp.core import configuration, metrics
 from mlp.core.steps import TrainState
+from mlp.core.trainer import last_step
 from mlp.machinery import checkpoint, devices, files, lock, reporting, run_config, stopping
 
 # A long stretch between records logs how far it has got at most this often.
@@ -116,7 +118,7 @@ class Run:
   def results(self) -> dict | None:
     """A finished run's records and test metrics, which a re-run returns untouched; else None."""
     num_epochs = self.config.optim.num_epochs
-    finished = reporting.read_results(self.workdir, num_epochs)
+    finished = reporting.read_results(self.workdir, math.ceil(num_epochs))
     if finished and checkpoint.finished_at(self.workdir, num_epochs):
       logging.info('%s is complete; its results in metrics.jsonl stand.', self.workdir)
       return finished
@@ -138,7 +140,7 @@ class Run:
       self.workdir, checkpoint.abstract(state), self.config.run.keep_checkpoints, last_epoch
     )
     step = position.epoch * steps_per_epoch + position.epoch_steps
-    if step >= self.config.optim.num_epochs * steps_per_epoch:
+    if step >= last_step(self.config, steps_per_epoch):
       logging.info('%s is complete (step %d); evaluating its checkpoint.', self.workdir, step)
     self.sink = reporting.Metrics(
       self.workdir,
@@ -170,7 +172,7 @@ class Run:
       'elapsed_seconds': time.perf_counter() - mlp.STARTED,
     }
     self._written = (step, self.clock.seconds)
-    last = self.config.optim.num_epochs * self.steps_per_epoch
+    last = last_step(self.config, self.steps_per_epoch)
     seconds = time.perf_counter() - self._started
     eta = seconds / max(step - self._start_step, 1) * (last - step)
     self.sink.write(step, record, f'Step {step}/{last} (epoch {epoch})', f'ETA {eta:.0f}s')
@@ -208,8 +210,8 @@ class Run:
 
   def finish(self, test_metrics: dict, probabilities: jax.Array) -> None:
     """Writes the test record and the hyperparameters, then draws the pictures in a child."""
-    last = self.config.optim.num_epochs * self.steps_per_epoch
-    record = {'step': last, 'epoch': self.config.optim.num_epochs, **test_metrics}
+    last = last_step(self.config, self.steps_per_epoch)
+    record = {'step': last, 'epoch': -(-last // self.steps_per_epoch), **test_metrics}
     self.sink.write(last, record, 'Test')
     self.sink.write_hparams(last, ['val_loss', 'val_accuracy', *test_metrics])
     self.sink.close()

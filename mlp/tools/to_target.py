@@ -21,7 +21,7 @@ import input_pipeline
 import mlp
 from mlp.core import metrics
 from mlp.core.train import train_loop
-from mlp.core.trainer import place_eval_data, setup
+from mlp.core.trainer import last_step, place_eval_data, setup
 from mlp.machinery.run import Clock
 
 
@@ -78,7 +78,7 @@ def measure(config: ml_collections.ConfigDict) -> dict:
 
 def _one_seed(config: ml_collections.ConfigDict, splits: input_pipeline.Splits) -> dict:
   trainer, state = setup(config, splits.info, splits.train, splits.validation)
-  last = config.optim.num_epochs * trainer.steps_per_epoch
+  last = last_step(config, trainer.steps_per_epoch)
   run = TargetRun(config.benchmark.target_accuracy, trainer.steps_per_epoch, last)
   try:
     state = train_loop(config, trainer, run, state, 0, metrics.zero_sums())
