@@ -13,6 +13,7 @@ from conftest import MNIST_INFO, tiny_config
 from flax import nnx
 
 import input_pipeline
+from input_pipeline.errors import UserError
 from mlp.core import build, configuration, models, steps, trainer
 from mlp.core.models import cnn
 from mlp.reader import export
@@ -119,6 +120,13 @@ def test_record_cnn_shrinks_28_to_5_and_max_pools_as_the_window_op_does(tmp_path
   np.testing.assert_array_equal(
     cnn.max_pool_2x2(x), nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
   )
+
+
+def test_a_cnn_that_shrinks_the_image_away_is_refused_in_one_line(tmp_path):
+  fields = {**RECORD_CNN, 'cnn.conv_features': (8, 8, 8, 8)}  # 28 -> 12 -> 5 -> 1 -> nothing.
+  config = tiny_config(tmp_path, {'model': 'cnn', **fields})
+  with pytest.raises(UserError, match='cnn.kernel_sizes'):
+    models.CNN(config.cnn, (28, 28, 1), 10, dtype=jax.numpy.float32, rngs=nnx.Rngs(0))
 
 
 def test_every_model_declares_its_fields_in_the_schema():

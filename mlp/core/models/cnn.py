@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from input_pipeline.errors import UserError
 from mlp.core.fields import Role, choice, positive, widths
 
 
@@ -75,6 +76,12 @@ class CNN(nnx.Module):
     for k in kernels:
       shrink = k - 1 if fields.padding == 'VALID' else 0
       height, width = (height - shrink) // 2, (width - shrink) // 2
+    if min(height, width) < 1:
+      raise UserError(
+        f'cnn.kernel_sizes {tuple(fields.kernel_sizes)} with {fields.padding} padding leave no '
+        f'pixels of a {image_shape[0]}x{image_shape[1]} image after '
+        f'{len(kernels)} stages: use fewer stages or smaller kernels.'
+      )
     flat = height * width * channels[-1]
     self.hidden = nnx.Linear(flat, fields.dense_size, dtype=dtype, rngs=rngs)
     self.out = nnx.Linear(fields.dense_size, num_classes, dtype=dtype, rngs=rngs)
