@@ -101,7 +101,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.mlp.dropout_rate = 0.0
 
   config.cnn = ml_collections.ConfigDict()
-  config.cnn.conv_features = (32, 64)  # Each a 3x3 conv and a 2x2 pool.
+  config.cnn.conv_features = (32, 64)  # Each a conv and a 2x2 pool.
+  config.cnn.kernel_sizes = (3,)  # Square; the last repeats for later stages.
+  config.cnn.padding = 'SAME'  # SAME or VALID.
+  config.cnn.pool = 'avg'  # avg or max.
   config.cnn.dense_size = 256
 
   config.resnet = ml_collections.ConfigDict()

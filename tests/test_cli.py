@@ -81,6 +81,8 @@ def test_benchmark_prints_one_well_formed_json_line(tmp_path, mock_mnist, capsys
   assert result['speedup_over_baseline'] > 0
   assert result['placement'] == 'device' and result['device_count'] >= 1
   assert {'backend', 'jax_version', 'xla_flags', 'git_commit', 'device_kind'} <= set(result)
+  assert {'python_version', 'jaxlib_version', 'git_dirty', 'compile_cache'} <= set(result)
+  assert result['steps_per_call'] >= 1  # Pacing's choice, not the config's 0 (auto).
   assert result['flops_per_step'] > 0 and result['bytes_accessed_per_step'] > 0
   assert result['flops_per_sec'] == pytest.approx(
     result['flops_per_step'] * result['steps_per_sec']

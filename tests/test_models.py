@@ -10,9 +10,12 @@ import jax
 import numpy as np
 import pytest
 from conftest import MNIST_INFO, tiny_config
+from flax import nnx
 
 import input_pipeline
+from input_pipeline.errors import UserError
 from mlp.core import build, configuration, models, steps
+from mlp.core.models import cnn
 from mlp.machinery import devices
 from mlp.reader import export
 from mlp.tools import sweep
@@ -32,9 +35,22 @@ def one_step(config, info, data):
   return model, state, jax.jit(lambda s: steps.train_step(model, s, *data))(state)
 
 
-@pytest.mark.parametrize('name', sorted(models.REGISTRY))
-def test_model_contract(tmp_path, name):
-  config = tiny_config(tmp_path, {'model': name})
+# The speed record's network (configs/speedrun.py): 5x5 then 3x3 'VALID' convolutions, max-pool.
+RECORD_CNN = {
+  'cnn.conv_features': (24, 32),
+  'cnn.kernel_sizes': (5, 3),
+  'cnn.padding': 'VALID',
+  'cnn.pool': 'max',
+}
+
+
+@pytest.mark.parametrize(
+  ('name', 'fields'),
+  [(name, {}) for name in sorted(models.REGISTRY)] + [('cnn', RECORD_CNN)],
+  ids=[*sorted(models.REGISTRY), 'cnn-record'],
+)
+def test_model_contract(tmp_path, name, fields):
+  config = tiny_config(tmp_path, {'model': name, **fields})
   data = batch(MNIST_INFO)
   model, state, (trained, sums) = one_step(config, MNIST_INFO, data)
   assert float(sums['count']) == len(data[1])
@@ -51,7 +67,7 @@ def test_model_contract(tmp_path, name):
   # Two trials vmapped in one program train as each does alone.
   rates = {'optim.learning_rate': (1e-3, 3e-3)}
   trials = [
-    tiny_config(tmp_path, {'model': name, 'optim.learning_rate': lr})
+    tiny_config(tmp_path, {'model': name, **fields, 'optim.learning_rate': lr})
     for lr in rates['optim.learning_rate']
   ]
   model, values, stacked = sweep.init_trials(trials, MNIST_INFO, steps_per_epoch=1)
@@ -97,6 +113,23 @@ def test_emnist_images_are_turned_upright_where_they_load():
   upright = input_pipeline.upright('emnist/digits', stored)
   np.testing.assert_array_equal(upright[1, :, :, 0], stored[1, :, :, 0].T)
   assert input_pipeline.upright('mnist', stored) is stored
+
+
+def test_record_cnn_shrinks_28_to_5_and_max_pools_as_the_window_op_does(tmp_path):
+  config = tiny_config(tmp_path, {'model': 'cnn', **RECORD_CNN})
+  network = models.CNN(config.cnn, (28, 28, 1), 10, dtype=jax.numpy.float32, rngs=nnx.Rngs(0))
+  assert network.hidden.in_features == 5 * 5 * 32  # 28 -5+1-> 24 /2-> 12 -3+1-> 10 /2-> 5.
+  x = jax.random.normal(jax.random.key(0), (2, 7, 10, 3))  # An odd side drops its last row.
+  np.testing.assert_array_equal(
+    cnn.max_pool_2x2(x), nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+  )
+
+
+def test_a_cnn_that_shrinks_the_image_away_is_refused_in_one_line(tmp_path):
+  fields = {**RECORD_CNN, 'cnn.conv_features': (8, 8, 8, 8)}  # 28 -> 12 -> 5 -> 1 -> nothing.
+  config = tiny_config(tmp_path, {'model': 'cnn', **fields})
+  with pytest.raises(UserError, match='cnn.kernel_sizes'):
+    models.CNN(config.cnn, (28, 28, 1), 10, dtype=jax.numpy.float32, rngs=nnx.Rngs(0))
 
 
 def test_every_model_declares_its_fields_in_the_schema():

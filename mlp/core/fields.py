@@ -81,7 +81,7 @@ def seed(role: Role, doc: str) -> Field:
   )
 
 
-def widths(default: tuple[int, ...], role: Role, doc: str) -> Field:
+def widths(default: tuple[int, ...], role: Role, doc: str, **options) -> Field:
   return Field(
     default,
     role,
@@ -92,4 +92,5 @@ def widths(default: tuple[int, ...], role: Role, doc: str) -> Field:
       and all(isinstance(n, int) and n >= 1 for n in value)
     ),
     'one or more positive widths, such as 500,500',
+    **options,
   )

@@ -59,7 +59,7 @@ def _scaling_row(config: ml_collections.ConfigDict, split, info) -> tuple[str, s
   sized.optim.batch_size = max(tuple(config.benchmark.batch_sizes) or BATCH_SIZES)
   rates = []
   for mesh in (devices.make_mesh(jax.devices()[:1]), devices.make_mesh()):
-    time_epoch, _ = benchmark.epoch_timer(sized, split, info, mesh=mesh)
+    time_epoch, *_ = benchmark.epoch_timer(sized, split, info, mesh=mesh)
     seconds = statistics.median(time_epoch() for _ in range(config.benchmark.repeats))
     rates.append(len(split) / seconds)
   return (

@@ -8,10 +8,7 @@ NumPy batch, as most JAX examples train) and reports the speedup over it.
 
 import itertools
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +23,7 @@ import input_pipeline
 from input_pipeline.errors import UserError
 from mlp.core import configuration, trainer
 from mlp.machinery import devices, limits, lock
-from mlp.tools import ab, fields, flops, sweep, to_target
+from mlp.tools import ab, fields, flops, provenance, sweep, to_target
 
 _compile_seconds = [0.0]
 
@@ -45,12 +42,13 @@ def epoch_timer(
   info: input_pipeline.DatasetInfo,
   num_models: int = 1,
   mesh: jax.sharding.Mesh | None = None,
-) -> tuple[Callable[[], float], float]:
+) -> tuple[Callable[[], float], float, int]:
   """Sets up training under config on mesh (default: all devices), runs a warm-up epoch.
 
-  Returns a function that trains one more epoch and returns its seconds, and the seconds spent
-  compiling. num_models > 1 trains that many models (seeds 0, 1, ...) at once, as a sweep's
-  vmapped trials. Several timers can live side by side, to alternate settings (mlp/tools/ab.py).
+  Returns a function that trains one more epoch and returns its seconds, the seconds spent
+  compiling and the steps per call that pacing chose. num_models > 1 trains that many models
+  (seeds 0, 1, ...) at once, as a sweep's vmapped trials. Several timers can live side by side,
+  to alternate settings (mlp/tools/ab.py).
   """
   configs = [config.copy_and_resolve_references() for _ in range(num_models)]
   for seed, trial in enumerate(configs):
@@ -72,7 +70,7 @@ def epoch_timer(
     jax.block_until_ready((state, sums))
     return time.perf_counter() - start
 
-  return time_epoch, compile_seconds
+  return time_epoch, compile_seconds, tr.steps_per_call
 
 
 def time_epochs(
@@ -81,34 +79,11 @@ def time_epochs(
   info: input_pipeline.DatasetInfo,
   num_models: int = 1,
 ) -> dict:
-  """Compile seconds and per-epoch seconds of `repeats` steady-state epochs under config."""
-  time_epoch, compile_seconds = epoch_timer(config, split, info, num_models)
+  """Compile seconds, per-epoch seconds of `repeats` steady-state epochs and pacing's steps per
+  call under config."""
+  time_epoch, compile_seconds, chunk = epoch_timer(config, split, info, num_models)
   seconds = [time_epoch() for _ in range(config.benchmark.repeats)]
-  return {'compile_seconds': compile_seconds, 'epoch_seconds': seconds}
-
-
-def _machine() -> dict:
-  device = jax.devices()[0]
-  try:
-    commit = subprocess.run(
-      ['git', 'rev-parse', '--short', 'HEAD'],
-      capture_output=True,
-      text=True,
-      cwd=Path(__file__).parent,
-      check=True,
-    ).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    commit = None
-  return {
-    'backend': jax.default_backend(),
-    'device_kind': device.device_kind,
-    'device_count': jax.device_count(),
-    'cpu': platform.processor() or platform.machine(),
-    'cpu_count': os.cpu_count(),
-    'jax_version': jax.__version__,
-    'xla_flags': os.environ.get('XLA_FLAGS', ''),
-    'git_commit': commit,
-  }
+  return {'compile_seconds': compile_seconds, 'epoch_seconds': seconds, 'steps_per_call': chunk}
 
 
 def measure(
@@ -142,14 +117,14 @@ def measure(
     'model': config.model,
     'dataset': config.data.name,
     'placement': config.run.placement,
-    'steps_per_call': config.run.steps_per_call,
+    'steps_per_call': timed['steps_per_call'],  # What pacing chose, not the config's 0 (auto).
     'compute_dtype': config.run.compute_dtype,
     'baseline_examples_per_sec': baseline_examples_per_sec,
     'baseline_compile_seconds': baseline['compile_seconds'],
     'speedup_over_baseline': examples_per_sec / baseline_examples_per_sec,
     **_utilization(config, info, steps_per_epoch / median, peak),
     **_vmapped_models(config, split, info),
-    **_machine(),
+    **provenance.machine_facts(),
   }
 
 
@@ -296,7 +271,7 @@ def compare(
     'a_values': a,
     'b_values': b,
     **summary,
-    **_machine(),
+    **provenance.machine_facts(),
   }
 
 

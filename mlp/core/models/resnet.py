@@ -14,18 +14,25 @@ from flax import nnx
 
 from mlp.core.fields import Role, positive, widths
 
+# The running statistics' decay. Evaluation uses them, and under a constant learning rate they
+# lag the weights: one epoch under Adam 1e-3 tested 93.3% at 0.99, 97.8% at 0.9 and 98.3% at
+# 0.7, against 98.2% with each test batch's own statistics (docs/speedrun.md).
+MOMENTUM = 0.7
+
 
 class Block(nnx.Module):
   """conv 3x3, BN, ReLU, conv 3x3, BN, plus the input (projected by a 1x1 conv if needed)."""
 
   def __init__(self, n_in: int, n_out: int, stride: int, *, dtype, rngs: nnx.Rngs):
     conv = dict(kernel_size=(3, 3), use_bias=False, dtype=dtype, rngs=rngs)
-    norm = dict(momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    norm = dict(momentum=MOMENTUM, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.conv1 = nnx.Conv(n_in, n_out, strides=stride, **conv)
     self.norm1 = nnx.BatchNorm(n_out, **norm)
     self.conv2 = nnx.Conv(n_out, n_out, **conv)
-    # Zero-initialised scale: each block starts as the identity (Goyal et al. 2017).
-    self.norm2 = nnx.BatchNorm(n_out, scale_init=nnx.initializers.zeros, **norm)
+    # Scale 1, not the zero of Goyal et al. (2017), whose blocks start as the identity: that
+    # suits deep networks, but here it starts the network as its 1x1 projections alone, and
+    # one epoch of Adam 1e-3 reached 95.9% instead of 98% (docs/speedrun.md).
+    self.norm2 = nnx.BatchNorm(n_out, **norm)
     reshapes = stride != 1 or n_in != n_out
     project = dict(kernel_size=(1, 1), strides=stride, use_bias=False, dtype=dtype, rngs=rngs)
     self.project = nnx.data(nnx.Conv(n_in, n_out, **project) if reshapes else None)
@@ -58,7 +65,7 @@ class ResNet(nnx.Module):
   ):
     width = fields.stage_widths[0]
     self.stem = nnx.Conv(image_shape[-1], width, (3, 3), use_bias=False, dtype=dtype, rngs=rngs)
-    self.stem_norm = nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    self.stem_norm = nnx.BatchNorm(width, momentum=MOMENTUM, epsilon=1e-5, dtype=dtype, rngs=rngs)
     blocks = []
     for stage, n_out in enumerate(fields.stage_widths):
       for block in range(fields.blocks_per_stage):
