@@ -11,6 +11,7 @@ import logging as std_logging
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,11 +74,15 @@ def run_name(argv: list[str]) -> str:
   return re.sub(r'[^A-Za-z0-9._=,+-]', '_', name)[:MAX_NAME]
 
 
+def default_workdir(config_name: str) -> Path:
+  return Path('runs') / f'{config_name}-{time.strftime("%Y%m%d-%H%M%S")}'
+
+
 def _train() -> int:
   from mlp.core import train
   from mlp.machinery import files, lock
 
-  workdir = FLAGS.workdir or train.default_workdir(run_name(sys.argv[1:]))
+  workdir = FLAGS.workdir or default_workdir(run_name(sys.argv[1:]))
   logging.info('Workdir: %s', workdir)
   with lock.left_as_found(files.path(workdir)):
     train.train_and_evaluate(FLAGS.config, workdir)
@@ -288,6 +293,17 @@ def _config_file_error(error: Exception) -> str:
   return ' '.join(lines)
 
 
+def moved_to(name: str) -> str | None:
+  """The path of a field whose old, flat spelling was name (batch_size -> optim.batch_size)."""
+  from mlp.core.configuration import SCHEMA
+
+  for path in SCHEMA:
+    group, _, field = path.rpartition('.')
+    if group and name in (field, f'{group}_{field}'):
+      return path
+  return {'dataset': 'data.name'}.get(name)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parser, with one-line errors for config files and fields that do not work.
 
@@ -309,8 +325,6 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as error:
     _flag_error(_config_file_error(error))
   except (AttributeError, KeyError) as error:  # What ml_collections raises for an unknown field.
-    from mlp.core import configuration
-
     if "has no attribute 'get_config'" in str(error):
       _flag_error(
         f'--config={config_arg}: the file defines no get_config(); define one that '
@@ -318,7 +332,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       )
     name, _, hint = str(error).replace('\\n', '\n').replace("\\'", '').strip('\'"').partition('\n')
     field = name.split("'")[1] if "'" in name else name
-    new = configuration.moved_to(field)
+    new = moved_to(field)
     hint = f'It is now {new}: --config.{new}=...' if new else hint
     _flag_error(f'unknown config field {name}. {hint}')
   except Exception as error:  # A config file that raises, or does not compile.

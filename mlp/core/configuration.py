@@ -1,11 +1,9 @@
-"""The config schema (every field once, with its role), checking configs, saving and loading them.
+"""The config schema, every field once with its role and check; building and checking configs.
 
-A config is an ml_collections.ConfigDict of groups: `data`, `optim`, `augment`, `run`, one
-group per registered model (`mlp`, `cnn`, ...) and, at the top, `model` (which network) and
-`seed`. `defaults()` builds it from SCHEMA, and configs/*.py override its values. Tools add
-groups of their own (`benchmark`, `sweep`), which a training run neither checks nor saves.
-Each field's Role (mlp/core/fields.py) decides what a resume may change and what a sweep may
-vary, and whether a run saved before the field existed can still be read.
+A config is an ml_collections.ConfigDict of groups: `data`, `optim`, `augment`, `outliers`,
+`run`, one per registered model and, at the top, `model` and `seed`; configs/default.py sets
+them all. Tools add groups of their own (mlp/tools/fields.py), never saved with a run. A
+field's Role (mlp/core/fields.py) says what a resume may change and what a sweep may vary.
 """
 
 import functools
@@ -192,15 +190,6 @@ def in_use(config: ml_collections.ConfigDict) -> list[str]:
 
 def with_role(config: ml_collections.ConfigDict, *roles: Role) -> list[str]:
   return [path for path in in_use(config) if SCHEMA[path].role in roles]
-
-
-def moved_to(name: str) -> str | None:
-  """The path of a field whose old, flat spelling was name (batch_size -> optim.batch_size)."""
-  for path in SCHEMA:
-    group, _, field = path.rpartition('.')
-    if group and name in (field, f'{group}_{field}'):
-      return path
-  return {'dataset': 'data.name'}.get(name)
 
 
 def check(config: ml_collections.ConfigDict, fields: dict[str, Field]) -> None:

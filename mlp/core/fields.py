@@ -1,9 +1,5 @@
-"""How a config field is declared: its default, its role and what it is for.
-
-The role is what the rest of the code asks of a field, so it is stated once, here, beside the
-field: whether a resumed run may change it, whether trials of a vmapped sweep may differ in it,
-and whether it changes the results at all.
-"""
+"""How a config field is declared: its default, what it is for, its check and its role (whether
+a resume may change it, a vmapped sweep vary it, and whether it changes results at all)."""
 
 import dataclasses
 import enum
@@ -34,10 +30,9 @@ class Role(enum.Enum):
 class Field:
   """One config field: its default, role and purpose, and the values that work.
 
-  `valid` tells whether a value works; `expected` says what works, for the error message.
-  `kind` is the type of a field whose default is None. `same_as_before` says that runs saved
-  before the field existed behaved as its default does, so the default fills in when they are
-  read; execution and length fields always fill in, as they do not change a run's results.
+  `expected` says what `valid` accepts, for the error; `kind` types a default of None.
+  `same_as_before`: runs saved before the field existed behaved as its default, which fills in
+  when they are read (execution and length fields always fill in).
   """
 
   default: Any

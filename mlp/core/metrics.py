@@ -1,11 +1,8 @@
 """Every metric a run reports, declared once with how it aggregates.
 
-A metric per example maps (logits, labels) to one value per example; steps add them up over the
-unmasked examples and the summary divides by the example count, so its mean is exact across
-steps, batches, calls and devices. A last-batch metric is measured once per record, after its
-last step, on that step's batch: it does not depend on how the steps were split into calls.
-Training, evaluation, the summaries and the tests all follow from the two tables below: adding
-top-2 accuracy everywhere is one line in PER_EXAMPLE.
+A per-example metric is summed over unmasked examples and divided by their count, so its mean
+is exact across steps, calls and devices; a last-batch metric is measured once per record, on
+its last step's batch. Everything else follows from the two tables: a metric is one line.
 """
 
 import dataclasses

@@ -15,18 +15,15 @@ from flax import nnx, struct
 
 from mlp.core import metrics, optimizer
 
-# Two steps per loop iteration: 7% more examples/s on the 2-core CPU (290k -> 311k, batch 100);
-# 4 gained less.
-SCAN_UNROLL = 2
-# What inference needs of a trained network: its parameters and its other state (BatchNorm's
-# statistics; empty for stateless models).
+SCAN_UNROLL = 2  # Steps per loop iteration: 7% more examples/s than 1 here (batch 100); 4: less.
+# What inference needs: parameters and other state (BatchNorm's statistics; empty if none).
 Variables = tuple[nnx.State, nnx.State]
 
 
 class TrainState(struct.PyTreeNode):
   """Everything that changes during training; the model's structure and optimizer are static."""
 
-  step: jax.Array  # Optimizer steps taken so far.
+  step: jax.Array  # Batches trained so far (optim.accumulate_steps of them per update).
   params: nnx.State
   opt_state: optax.OptState
   rng: jax.Array  # Key for dropout and distortions; each step folds in its step number.

@@ -1,12 +1,9 @@
 """The training loop: step calls, then what is due after them (records, checkpoints, stops).
 
-`train_and_evaluate` is what `python main.py` runs; a notebook can call it too. The workdir's
-safety (lock, signals, config.json, resuming, the metrics sink) is mlp/machinery/run.py's.
-"""
+`train_and_evaluate` is what `python main.py` runs, or a notebook; mlp/machinery/run.py keeps
+the workdir safe (lock, signals, config.json, resuming, the metrics sink)."""
 
 import os
-import time
-from pathlib import Path
 
 import ml_collections
 from absl import logging
@@ -27,10 +24,6 @@ from mlp.core.trainer import (
 )
 from mlp.machinery import checkpoint, devices, reporting
 from mlp.machinery.run import Run
-
-
-def default_workdir(config_name: str) -> Path:
-  return Path('runs') / f'{config_name}-{time.strftime("%Y%m%d-%H%M%S")}'
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:

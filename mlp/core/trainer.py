@@ -1,9 +1,8 @@
-"""What training one config needs, built once: the model's compiled programs, the data on the
-devices, and calls of several training steps at once.
+"""What training one config needs, built once (compiled programs, data on the devices), and
+calls of several training steps at once, through which the loop, benchmark and sweep train.
 
-The loop (mlp/core/train.py), the benchmark and the sweep all train through `train_steps`. A
-sweep trains several trials in one program by passing `compile_programs` a wrapper that vmaps
-each step function over the trials (mlp/tools/sweep.py); nothing here knows about trials.
+A sweep trains trials in one program by passing `compile_programs` a wrapper that vmaps each
+step function over them (mlp/tools/sweep.py); nothing here knows about trials.
 """
 
 import dataclasses
@@ -19,8 +18,6 @@ from mlp.core import build, metrics, steps
 from mlp.core.steps import TrainState
 from mlp.machinery import devices, pacing
 
-StepFunction = Callable[..., object]
-
 
 @dataclasses.dataclass(frozen=True)
 class Programs:
@@ -35,7 +32,7 @@ class Programs:
 
 
 def compile_programs(
-  model: steps.Model, mesh, wrap: Callable[[StepFunction], StepFunction] | None = None
+  model: steps.Model, mesh, wrap: Callable[[Callable], Callable] | None = None
 ) -> Programs:
   """The programs of one model; wrap(f) turns each step function f(model, ...) into f(...).
 
@@ -166,17 +163,6 @@ def train_steps(
   return call(trainer, state, *batches(trainer, step, count))
 
 
-def train_epoch(trainer: Trainer, state: TrainState, epoch: int) -> tuple[TrainState, metrics.Sums]:
-  """Trains epoch (from 1) in calls of trainer.steps_per_call steps; its metric sums."""
-  total = metrics.zero_sums()
-  first = (epoch - 1) * trainer.steps_per_epoch
-  for step in range(first, first + trainer.steps_per_epoch, trainer.steps_per_call):
-    count = min(trainer.steps_per_call, first + trainer.steps_per_epoch - step)
-    state, sums = train_steps(trainer, state, step, count)
-    total = metrics.add(total, sums)
-  return state, total
-
-
 def last_batch_metrics(trainer: Trainer, state: TrainState, step: int) -> metrics.Sums:
   """metrics.LAST_BATCH of the state after `step` steps, on the batch of its last step."""
   indices, mask = (x[0] for x in batches(trainer, step - 1, 1))
@@ -189,11 +175,3 @@ def last_batch_metrics(trainer: Trainer, state: TrainState, step: int) -> metric
 def validate(trainer: Trainer, variables: steps.Variables) -> dict:
   """Validation metric means."""
   return metrics.summarize(trainer.programs.evaluate(variables, *trainer.validation), 'val_')
-
-
-def evaluate(
-  trainer: Trainer, variables: steps.Variables, split: input_pipeline.Split, prefix: str
-) -> dict:
-  """Metric means of a split."""
-  data = place_eval_data(trainer.config, split, trainer.mesh)
-  return metrics.summarize(trainer.programs.evaluate(variables, *data), prefix)

@@ -58,7 +58,7 @@ def epoch_timer(
   programs = sweep.trial_programs(model, values, mesh or devices.make_mesh())
   tr, state = trainer.make_trainer(configs[0], programs, state, split)
   compile_before = _compile_seconds[0]
-  state, sums = trainer.train_epoch(tr, state, epoch=1)  # Warm-up.
+  state, sums = sweep.train_epoch(tr, state, epoch=1)  # Warm-up.
   jax.block_until_ready((state, sums))
   compile_seconds = _compile_seconds[0] - compile_before
   epochs = itertools.count(2)
@@ -66,7 +66,7 @@ def epoch_timer(
   def time_epoch() -> float:
     nonlocal state
     start = time.perf_counter()
-    state, sums = trainer.train_epoch(tr, state, next(epochs))
+    state, sums = sweep.train_epoch(tr, state, next(epochs))
     jax.block_until_ready((state, sums))
     return time.perf_counter() - start
 

@@ -112,6 +112,17 @@ def program_key(config: ml_collections.ConfigDict) -> str:
 EpochCallback = Callable[[int, list[int], list[float]], list[bool]]
 
 
+def train_epoch(tr: trainer.Trainer, state, epoch: int):
+  """Trains epoch (from 1) in calls of tr.steps_per_call steps; its metric sums."""
+  total = metrics.zero_sums()
+  first = (epoch - 1) * tr.steps_per_epoch
+  for step in range(first, first + tr.steps_per_epoch, tr.steps_per_call):
+    count = min(tr.steps_per_call, first + tr.steps_per_epoch - step)
+    state, sums = trainer.train_steps(tr, state, step, count)
+    total = metrics.add(total, sums)
+  return state, total
+
+
 def init_trials(configs: list[ml_collections.ConfigDict], info, steps_per_epoch: int):
   """The model the trials share, their traced values (trial,) and their states stacked on axis 0.
 
@@ -182,7 +193,7 @@ def train_trials(
   done = 0
   while active and done < config.optim.num_epochs:
     done += 1
-    state, sums = trainer.train_epoch(tr, state, done)
+    state, sums = train_epoch(tr, state, done)
     last_batch = trainer.last_batch_metrics(tr, state, done * steps_per_epoch)
     train = _per_trial(sums, 'train_', values, last_batch)
     val = _per_trial(tr.programs.evaluate(state.variables, *tr.validation), 'val_', values)
