@@ -12,11 +12,10 @@ where --mode=predict and --mode=serve read it.
 Command:
   python main.py --config=configs/reader.py --workdir=runs/reader
 
-Measured (Dec 2026, the 2-core AMD EPYC CPU shared with five other jobs, load average ~9):
-test accuracy 99.15% (validation 98.92%), refusal threshold 0.350; 731 s of training epochs
-(257-352 digits/s, plus a quarter more generated non-digits), 16.6 min for the whole command.
-The CNN alone ran 1,551 examples/s on the quiet machine (configs/cnn.py), which puts this
-config near 4 minutes there; an earlier run holding out triangles and stars instead: 99.21%.
+Measured (Dec 2026, the 2-core AMD EPYC CPU with nothing else running): test accuracy 99.15%
+(validation 98.92%), refusal threshold 0.350; 200.6 s of training steps, 257 s (4.3 minutes)
+for the whole command, the one-time pacing measurement included. Forms and refusals by family:
+docs/serving.md.
 """
 
 import ml_collections

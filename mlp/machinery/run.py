@@ -173,10 +173,12 @@ class Run:
     }
     self._written = (step, self.clock.seconds)
     last = last_step(self.config, self.steps_per_epoch)
-    seconds = time.perf_counter() - self._started
-    eta = seconds / max(step - self._start_step, 1) * (last - step)
+    eta = self._since_start() / max(step - self._start_step, 1) * (last - step)
     self.sink.write(step, record, f'Step {step}/{last} (epoch {epoch})', f'ETA {eta:.0f}s')
     self._last_progress = time.perf_counter()
+
+  def _since_start(self) -> float:
+    return time.perf_counter() - self._started
 
   def save(self, state: TrainState, step: int, sums: metrics.Sums) -> None:
     """Checkpoints the state after `step` steps, with the metric sums since the last record."""
@@ -189,7 +191,8 @@ class Run:
   def stop_requested(self, step: int) -> bool:
     """Whether a signal asked to stop; also logs how far a long stretch has got."""
     if time.perf_counter() - self._last_progress > PROGRESS_SECONDS:
-      logging.info('Step %d: %.0f s of training so far.', step, self.clock.seconds)
+      last = last_step(self.config, self.steps_per_epoch)
+      logging.info('Step %d/%d, %.0f s since the run started.', step, last, self._since_start())
       self._last_progress = time.perf_counter()
     return self._stop.requested(step)
 
