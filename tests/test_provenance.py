@@ -9,8 +9,6 @@ import pytest
 
 from mlp.tools import provenance
 
-pytestmark = pytest.mark.unit
-
 CPUINFO = """\
 processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -22,12 +20,14 @@ model name\t: AMD EPYC 9B14
 """
 
 
+@pytest.mark.unit
 def test_cpu_model_is_the_marketing_name_not_the_architecture(tmp_path):
   cpuinfo = tmp_path / 'cpuinfo'
   cpuinfo.write_text(CPUINFO)
   assert provenance.cpu_model(cpuinfo) == 'AMD EPYC 9B14'
 
 
+@pytest.mark.unit
 def test_cpu_model_falls_back_to_platform_without_cpuinfo(tmp_path):
   fallback = platform.processor() or platform.machine()
   assert provenance.cpu_model(tmp_path / 'missing') == fallback
@@ -35,6 +35,7 @@ def test_cpu_model_falls_back_to_platform_without_cpuinfo(tmp_path):
   assert provenance.cpu_model(tmp_path / 'arm') == fallback
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
   ('requests', 'hits', 'expected'),
   [(0, 0, 'off'), (3, 3, 'hit'), (3, 0, 'miss'), (3, 1, 'partial')],
@@ -43,6 +44,7 @@ def test_compile_cache_summary(requests, hits, expected):
   assert provenance.compile_cache(requests, hits) == expected
 
 
+@pytest.mark.unit
 def test_machine_facts_name_versions_and_the_tree():
   facts = provenance.machine_facts()
   assert facts['python_version'] == platform.python_version()
@@ -52,6 +54,7 @@ def test_machine_facts_name_versions_and_the_tree():
   assert facts['compile_cache'] in {'off', 'hit', 'miss', 'partial'}
 
 
+@pytest.mark.integration  # Two processes.
 def test_a_second_process_reads_its_compilation_from_the_persistent_cache(tmp_path):
   """The counts come from JAX's own events: a cold process misses, a warm one hits."""
   script = textwrap.dedent(f"""
