@@ -218,16 +218,7 @@ def real_config(real_cache_dir):
 def trained_mnist_workdir(tmp_path_factory, real_config) -> Path:
   """A workdir of the default config trained on real MNIST by the command a user runs, with
   XLA's optimisations on: shared by the tests that need a real model."""
-  workdir = tmp_path_factory.mktemp('trained_default') / 'run'
-  result = run_main(
-    f'--config={ROOT / "configs" / "default.py"}',
-    f'--workdir={workdir}',
-    f'--config.data.dir={real_config.data.dir}',
-    f'--config.run.cache_dir={real_config.run.cache_dir}',
-    env={'JAX_DISABLE_MOST_OPTIMIZATIONS': 'false'},
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
+  return _trained_on_real_mnist(tmp_path_factory, real_config, 'default')
 
 
 @pytest.fixture(scope='session')
@@ -236,9 +227,14 @@ def trained_reader_workdir(tmp_path_factory, real_config) -> Path:
   the one READER_WORKDIR names (a run of that config trained before)."""
   if os.environ.get('READER_WORKDIR'):
     return Path(os.environ['READER_WORKDIR'])
-  workdir = tmp_path_factory.mktemp('trained_reader') / 'run'
+  return _trained_on_real_mnist(tmp_path_factory, real_config, 'reader')
+
+
+def _trained_on_real_mnist(tmp_path_factory, real_config, config_name: str) -> Path:
+  """configs/<config_name>.py trained by the command a user runs, XLA's optimisations on."""
+  workdir = tmp_path_factory.mktemp(f'trained_{config_name}') / 'run'
   result = run_main(
-    f'--config={ROOT / "configs" / "reader.py"}',
+    f'--config={ROOT / "configs" / f"{config_name}.py"}',
     f'--workdir={workdir}',
     f'--config.data.dir={real_config.data.dir}',
     f'--config.run.cache_dir={real_config.run.cache_dir}',

@@ -9,6 +9,7 @@ Set SERVE_SCREENSHOT=docs/serve_page.png to refresh docs/serving.md's screenshot
 """
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -350,14 +351,22 @@ def test_keyboard_reaches_every_control(page):
   expect(page.get_by_role('img', name=re.compile('Drawing area'))).to_be_visible()
 
 
-def test_a_phone_draws_by_touch_with_the_answer_on_screen(browser, server):
+@contextlib.contextmanager
+def phone(browser, server):
+  """A page of the server on a 390 px phone that takes touch, and its DevTools session."""
   context = browser.new_context(
     viewport={'width': 390, 'height': 844}, has_touch=True, is_mobile=True, device_scale_factor=3
   )
-  page = context.new_page()
-  page.goto(server.url)
-  cdp = context.new_cdp_session(page)
   try:
+    page = context.new_page()
+    page.goto(server.url)
+    yield page, context.new_cdp_session(page)
+  finally:
+    context.close()
+
+
+def test_a_phone_draws_by_touch_with_the_answer_on_screen(browser, server):
+  with phone(browser, server) as (page, cdp):
     assert page.evaluate('document.documentElement.scrollWidth') <= 390
     touch(page, cdp, ONE, palm=(40, 260))  # A second finger: it must not join the stroke.
     expect(page.locator('#answer')).to_have_text('1', timeout=WAIT_MS)
@@ -369,20 +378,12 @@ def test_a_phone_draws_by_touch_with_the_answer_on_screen(browser, server):
     boxes = {element: page.locator(element).bounding_box() for element in ('#answer', '#pad')}
     for element, box in boxes.items():
       assert 0 <= box['y'] and box['y'] + box['height'] <= 844, (element, box)
-  finally:
-    context.close()
 
 
 def test_a_phone_pad_holds_still_so_a_second_stroke_lands_under_the_finger(browser, server):
   """The answer grows below the pad, never above it: the pad keeps its place while answers of
   one, two and three digits come, and the later strokes land where the finger touched."""
-  context = browser.new_context(
-    viewport={'width': 390, 'height': 844}, has_touch=True, is_mobile=True, device_scale_factor=3
-  )
-  page = context.new_page()
-  page.goto(server.url)
-  cdp = context.new_cdp_session(page)
-  try:
+  with phone(browser, server) as (page, cdp):
     before = page.locator('#pad').bounding_box()
     touch(page, cdp, [SEVEN[0]])
     expect(page.locator('#answer')).not_to_have_text('', timeout=WAIT_MS)
@@ -397,8 +398,6 @@ def test_a_phone_pad_holds_still_so_a_second_stroke_lands_under_the_finger(brows
         return dark; }"""
     )
     assert top > 500, top  # The crossbar's ink is at rows 100-190, where it was drawn.
-  finally:
-    context.close()
 
 
 def test_delete_right_after_a_stroke_leaves_no_answer(clean):
