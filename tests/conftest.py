@@ -20,7 +20,12 @@ import pytest
 
 from input_pipeline import DIGITS, DatasetInfo
 from mlp.core import configuration
+from mlp.machinery import stopping
 from mlp.tools import fields as tool_fields
+
+# Pytest's own process never starts the stop watchdog (importing main.py would): a signal a
+# test sends itself must not end the session. Tests of the watchdog run main.py in a process.
+stopping._watchdog.set()
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real MNIST as CI and developers have it beside the checkout (docs/data.md); TFDS_DATA_DIR,

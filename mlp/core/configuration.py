@@ -210,5 +210,5 @@ def validate(config: ml_collections.ConfigDict) -> None:
     bound = 'below' if cosine else 'at most'
     raise UserError(
       f'Invalid config: optim.warmup_epochs={config.optim.warmup_epochs!r}: expected {bound} '
-      f'optim.num_epochs ({config.optim.num_epochs}).'
+      f'optim.num_epochs ({config.optim.num_epochs:g}).'
     )

@@ -135,7 +135,7 @@ def check_end(workdir: Path, num_epochs: int) -> None:
   if position is not None and position.past(num_epochs):
     needed = position.epoch + (1 if position.epoch_steps else 0)
     raise UserError(
-      f'{workdir} holds a checkpoint past optim.num_epochs={num_epochs} ({position}); use '
+      f'{workdir} holds a checkpoint past optim.num_epochs={num_epochs:g} ({position}); use '
       f'--config.optim.num_epochs={needed} or more to finish it, or a new --workdir.'
     )
 
