@@ -121,6 +121,7 @@ def test_signal_saves_that_point_and_resumes_bit_exact(
 ):
   config = tiny_config(tmp_path, SMALL)
   workdir = tmp_path / 'run'
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)  # As a fresh process has it (main.py sets its own).
   signal_after(monkeypatch, signum, boundary)
   with pytest.raises(stopping.Stopped, match=r'--workdir=.*to resume') as stopped:
     train.train_and_evaluate(config, workdir)
