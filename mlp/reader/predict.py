@@ -130,16 +130,18 @@ class Refusal(NamedTuple):
   """How a run refuses: below which probability, and whether it was trained on non-digits
   (then numbers are read by searching segmentations: segment.readings)."""
 
-  threshold: float = MIN_CONFIDENCE
+  threshold: float
   trained: bool = False
 
 
-DIGITS_ONLY = Refusal()  # A run trained on digits alone.
+def digits_only() -> Refusal:
+  """How a run trained on digits alone refuses (MIN_CONFIDENCE as it is when asked)."""
+  return Refusal(MIN_CONFIDENCE)
 
 
 def _bar(refuse: Refusal | None, digits: int) -> float:
   """The probability under which a piece of a reading of `digits` digits is penalised."""
-  refuse = refuse or DIGITS_ONLY
+  refuse = refuse or digits_only()
   return max(refuse.threshold, SURE_PIECE) if refuse.trained and digits > 1 else refuse.threshold
 
 
@@ -148,7 +150,7 @@ def refusal(workdir: str | Path) -> Refusal:
   (outliers.REFUSAL_FILE, written by runs trained with outliers), else MIN_CONFIDENCE."""
   path = files.path(workdir) / outliers.REFUSAL_FILE
   if not path.exists():
-    return Refusal()
+    return digits_only()
   try:
     value = float(json.loads(path.read_text())['min_confidence'])
   except (ValueError, KeyError, TypeError) as error:
@@ -232,7 +234,7 @@ def decide(
 ) -> dict:
   """`result` of the readings `choose` takes, or {"error"} if a digit is too unsure to be one
   (its probability under the run's threshold: `refusal`)."""
-  refuse = refuse or DIGITS_ONLY
+  refuse = refuse or digits_only()
   digits, chosen = choose(slots, probabilities, refuse)
   if info.is_digits and chosen.max(axis=1).min() < refuse.threshold:
     weakest = int(chosen.max(axis=1).argmin())
@@ -245,9 +247,10 @@ def decide(
 
 
 def read_bytes(
-  data: bytes, classify: Classify, info: DatasetInfo, refuse: Refusal = DIGITS_ONLY
+  data: bytes, classify: Classify, info: DatasetInfo, refuse: Refusal | None = None
 ) -> tuple[dict, list[np.ndarray]]:
   """`predict_bytes`, and the model inputs (28x28) of the digits the answer reads."""
+  refuse = refuse or digits_only()
   shape = fit_to(info)
   image = preprocess.load_bytes(data, 'L' if shape is None else 'RGB')
   slots = (
@@ -262,7 +265,7 @@ def read_bytes(
 
 
 def predict_bytes(
-  data: bytes, classify: Classify, info: DatasetInfo, refuse: Refusal = DIGITS_ONLY
+  data: bytes, classify: Classify, info: DatasetInfo, refuse: Refusal | None = None
 ) -> dict:
   """The prediction for one image file's contents, as `decide` (no path); for a web server.
 

@@ -93,10 +93,12 @@ def measure(
   }
 
 
-flags.DEFINE_string('url', 'http://127.0.0.1:8000/', 'The server, on this machine.')
-flags.DEFINE_string('image', 'docs/example_digit.jpg', 'The image every request sends.')
-flags.DEFINE_integer('requests', 400, 'How many requests in all.')
-flags.DEFINE_integer('concurrency', 50, 'How many in flight at once.')
+def define_flags() -> None:
+  """Its command line; defined only when it runs, so that importing it adds no flags."""
+  flags.DEFINE_string('url', 'http://127.0.0.1:8000/', 'The server, on this machine.')
+  flags.DEFINE_string('image', 'docs/example_digit.jpg', 'The image every request sends.')
+  flags.DEFINE_integer('requests', 400, 'How many requests in all.')
+  flags.DEFINE_integer('concurrency', 50, 'How many in flight at once.')
 
 
 def main(argv: list[str]) -> None:
@@ -115,4 +117,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -231,7 +231,11 @@ def report(trial, epoch: int, val_accuracy: float, last: bool = False) -> bool:
   """
   if not np.isfinite(val_accuracy):
     return False
-  trial.report(val_accuracy, epoch)
+  try:
+    trial.report(val_accuracy, epoch)
+  except _optuna().exceptions.UpdateFinishedTrialError:  # Marked stale, queued again: let go.
+    logging.warning('Trial %d was given to another worker; this one stops it.', trial.number)
+    return False
   return last or not trial.should_prune()
 
 
@@ -269,11 +273,14 @@ class Heartbeat:
 
 def _tell(study, trial, record: dict) -> None:
   optuna = _optuna()
-  trial.set_user_attr('record', json.dumps(record))
-  if 'stopped_at_epoch' in record:
-    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-  else:
-    study.tell(trial, record['val_accuracy'])
+  try:
+    trial.set_user_attr('record', json.dumps(record))
+    if 'stopped_at_epoch' in record:
+      study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    else:
+      study.tell(trial, record['val_accuracy'])
+  except optuna.exceptions.UpdateFinishedTrialError:  # Its retry, elsewhere, is what counts.
+    logging.warning('Trial %d was given to another worker; its result is theirs.', trial.number)
 
 
 def train_asked(study, storage, trials: list, base: ml_collections.ConfigDict, splits) -> None:
