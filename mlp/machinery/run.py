@@ -42,6 +42,11 @@ def _count_compilation(event: str, duration: float, **kwargs) -> None:
 jax.monitoring.register_event_duration_secs_listener(_count_compilation)
 
 
+def compile_seconds() -> float:
+  """Seconds this process has spent tracing and compiling so far."""
+  return _compile_seconds[0]
+
+
 class Clock:
   """Seconds spent in training step calls, compilation excluded, up to the last stop()."""
 
@@ -51,14 +56,14 @@ class Clock:
 
   def start(self) -> None:
     if self._started is None:
-      self._started = (time.perf_counter(), _compile_seconds[0])
+      self._started = (time.perf_counter(), compile_seconds())
 
   def stop(self, state) -> None:
     """Ends a stretch of training once the calls dispatched so far have run."""
     if self._started is not None:
       jax.block_until_ready(state)
       started, compiled = self._started
-      self.seconds += time.perf_counter() - started - (_compile_seconds[0] - compiled)
+      self.seconds += time.perf_counter() - started - (compile_seconds() - compiled)
       self._started = None
 
 

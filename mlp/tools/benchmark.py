@@ -17,23 +17,13 @@ from pathlib import Path
 import jax
 import ml_collections
 from absl import logging
-from jax import monitoring
 
 import input_pipeline
 from input_pipeline.errors import UserError
 from mlp.core import configuration, trainer
 from mlp.machinery import devices, limits, lock
+from mlp.machinery.run import compile_seconds
 from mlp.tools import ab, fields, flops, provenance, sweep, to_target
-
-_compile_seconds = [0.0]
-
-
-def _count_compile_time(event: str, duration: float, **_) -> None:
-  if event.startswith('/jax/core/compile/'):
-    _compile_seconds[0] += duration
-
-
-monitoring.register_event_duration_secs_listener(_count_compile_time)
 
 
 def epoch_timer(
@@ -57,10 +47,10 @@ def epoch_timer(
   model, values, state = sweep.init_trials(configs, info, steps_per_epoch)
   programs = sweep.trial_programs(model, values, mesh or devices.make_mesh())
   tr, state = trainer.make_trainer(configs[0], programs, state, split)
-  compile_before = _compile_seconds[0]
+  compile_before = compile_seconds()
   state, sums = sweep.train_epoch(tr, state, epoch=1)  # Warm-up.
   jax.block_until_ready((state, sums))
-  compile_seconds = _compile_seconds[0] - compile_before
+  compiling = compile_seconds() - compile_before
   epochs = itertools.count(2)
 
   def time_epoch() -> float:
@@ -70,7 +60,7 @@ def epoch_timer(
     jax.block_until_ready((state, sums))
     return time.perf_counter() - start
 
-  return time_epoch, compile_seconds, tr.steps_per_call
+  return time_epoch, compiling, tr.steps_per_call
 
 
 def time_epochs(
@@ -81,9 +71,9 @@ def time_epochs(
 ) -> dict:
   """Compile seconds, per-epoch seconds of `repeats` steady-state epochs and pacing's steps per
   call under config."""
-  time_epoch, compile_seconds, chunk = epoch_timer(config, split, info, num_models)
+  time_epoch, compiling, chunk = epoch_timer(config, split, info, num_models)
   seconds = [time_epoch() for _ in range(config.benchmark.repeats)]
-  return {'compile_seconds': compile_seconds, 'epoch_seconds': seconds, 'steps_per_call': chunk}
+  return {'compile_seconds': compiling, 'epoch_seconds': seconds, 'steps_per_call': chunk}
 
 
 def measure(

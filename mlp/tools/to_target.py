@@ -21,7 +21,7 @@ import input_pipeline
 import mlp
 from mlp.core import metrics
 from mlp.core.train import train_loop
-from mlp.core.trainer import last_step, place_eval_data, setup
+from mlp.core.trainer import place_eval_data, setup
 from mlp.machinery.run import Clock
 
 
@@ -32,9 +32,9 @@ class Reached(Exception):
 class TargetRun:
   """What train_loop asks of a run, without a workdir: records in memory, stop at the target."""
 
-  def __init__(self, target: float, steps_per_epoch: int, last_step: int):
+  def __init__(self, target: float):
     self.clock = Clock()
-    self.target, self.steps_per_epoch, self.last_step = target, steps_per_epoch, last_step
+    self.target = target
     self.records: list[dict] = []
 
   def write(self, step: int, record: dict) -> None:
@@ -78,8 +78,7 @@ def measure(config: ml_collections.ConfigDict) -> dict:
 
 def _one_seed(config: ml_collections.ConfigDict, splits: input_pipeline.Splits) -> dict:
   trainer, state = setup(config, splits.info, splits.train, splits.validation)
-  last = last_step(config, trainer.steps_per_epoch)
-  run = TargetRun(config.benchmark.target_accuracy, trainer.steps_per_epoch, last)
+  run = TargetRun(config.benchmark.target_accuracy)
   try:
     state = train_loop(config, trainer, run, state, 0, metrics.zero_sums())
   except Reached:
