@@ -445,9 +445,14 @@ def test_bars_and_controls_fit_narrow_screens(browser, server, width, height):
     )
     assert rows and all(track >= 20 and pct <= right + 0.5 for track, pct, right in rows), rows
     controls = ['#undo', '#clear'] + (['#inputs img'] if width > 320 else [])
-    for element in controls:
-      box = page.locator(element).first.bounding_box()
-      assert box['y'] + box['height'] <= height and box['x'] + box['width'] <= width, element
+    for element in controls:  # Read in one step: a late answer may replace the element.
+      expect(page.locator(element).first).to_be_visible(timeout=WAIT_MS)
+      bottom, right = page.evaluate(
+        '(s) => { const r = document.querySelector(s).getBoundingClientRect();'
+        ' return [r.bottom, r.right]; }',
+        element,
+      )
+      assert bottom <= height and right <= width, element
   finally:
     context.close()
 

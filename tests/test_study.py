@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from conftest import ROOT, tiny_config
 
 import input_pipeline
 from mlp.core import train
+from mlp.tools import study as shared_study
 from mlp.tools import sweep
 
 pytestmark = pytest.mark.integration
@@ -160,6 +162,51 @@ def test_best_config_retrains_to_the_studys_accuracy(shared, monkeypatch):
   retrained = train.train_and_evaluate(config, tmp_path / 'retrained')
   np.testing.assert_allclose(retrained['records'][-1]['val_accuracy'], study.best_value, rtol=1e-5)
   assert results['restarted']['number'] == results['second']['number'] == study.best_trial.number
+
+
+def queued_study(tmp_path: Path, trials: int) -> tuple[dict, dict]:
+  """A study in sqlite with trials queued, as its first worker leaves it; its search and space."""
+  search = {**SEARCH, 'storage': f'sqlite:///{tmp_path / "queue.db"}', 'max_parallel': 1}
+  search['random'] = {'optim.learning_rate': ('log_uniform', 1e-6, 3e-2)}
+  search['num_random'] = trials
+  listed = sweep.expand(search)
+  shared_study.open_study(search, listed, shared_study._storage(search), {})
+  return search, shared_study.distributions(search)
+
+
+def test_workers_asking_at_once_never_take_the_same_trial(tmp_path):
+  search, space = queued_study(tmp_path, trials=24)
+  taken = []
+
+  def worker():
+    storage = shared_study._storage(search)
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    while trials := shared_study.ask(study, search, space, storage):
+      taken.extend(t.number for t in trials)
+
+  threads = [threading.Thread(target=worker) for _ in range(4)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert sorted(taken) == list(range(24)), 'each queued trial taken once'
+
+
+def test_a_trial_taken_but_never_claimed_is_retried(tmp_path, monkeypatch):
+  """A worker killed between taking a trial and its first heartbeat leaves no heartbeat."""
+  search, space = queued_study(tmp_path, trials=2)
+  storage = shared_study._storage(search)
+  study = optuna.load_study(study_name=STUDY, storage=storage)
+  orphan = study.ask(space)  # Taken, then the worker died: no heartbeat, no claim.
+  asked = shared_study.ask(study, search, space, storage)
+  assert [t.number for t in asked] == [1], 'a fresh orphan is left to its worker'
+  monkeypatch.setattr(shared_study, 'SILENT_BEATS', 0)
+  asked = shared_study.ask(study, search, space, storage)
+  states = optuna.trial.TrialState
+  assert study.get_trials(states=(states.FAIL,))[0].number == orphan.number
+  (retry,) = [study.get_trials()[t.number] for t in asked]
+  assert retry.system_attrs['failed_trial'] == orphan.number
+  assert retry.params == orphan.params
 
 
 if __name__ == '__main__':

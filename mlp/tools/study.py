@@ -15,13 +15,15 @@ choices), learning from those finished.
 
 A worker killed mid-trial: with an RDB storage (sqlite on one machine, a database server for
 many) each worker beats a heartbeat for its running trials every sweep.heartbeat_seconds; a
-trial silent for 3 beats is failed by the next worker that looks, and a copy of it is queued,
-so it is retried, not lost, and only the copy counts. A journal file has no heartbeat: there
-a killed worker's trials stay RUNNING and count against num_random.
+trial silent for 3 beats, or never claimed within SILENT_BEATS of its start, is failed by the
+next worker that looks, and a copy of it is queued, so it is retried, not lost, and only the
+copy counts. A journal file has no heartbeat: there a killed worker's trials stay RUNNING and
+count against num_random.
 
 Optuna is imported here only: the single-process sweep does not need it.
 """
 
+import datetime
 import json
 import threading
 import time
@@ -38,6 +40,9 @@ from mlp.tools import sweep
 
 SAMPLERS = ('random', 'tpe')
 STORAGE_ATTEMPTS = 5
+SQLITE_WAIT_SECONDS = 60  # How long a transaction waits for another worker's to end.
+SILENT_BEATS = 10  # Intervals a trial may run unclaimed before it counts as its worker's death.
+CLAIM_ATTR = 'claimed_as'  # Set, to the trial's number, once its worker has beaten for it.
 PRUNERS = ('median', 'none')
 BASE_ATTR = 'base_config'  # The study's user attribute that holds its base_fields.
 
@@ -81,19 +86,39 @@ def _storage(search: dict):
     return optuna.storages.JournalStorage(backend)
   import sqlalchemy.exc
 
+  sqlite = url.startswith('sqlite')
+  # Autocommit at the driver: _serialize_sqlite says how each transaction begins.
+  engine = {'connect_args': {'isolation_level': None, 'timeout': SQLITE_WAIT_SECONDS}}
   beat = int(search['heartbeat_seconds'])
   for attempt in range(STORAGE_ATTEMPTS):
     try:
-      return optuna.storages.RDBStorage(
+      storage = optuna.storages.RDBStorage(
         url,
+        engine_kwargs=engine if sqlite else None,
         heartbeat_interval=beat,
         grace_period=3 * beat,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(3),
       )
+      break
     except sqlalchemy.exc.IntegrityError:  # Workers creating a new database's tables at once.
       if attempt == STORAGE_ATTEMPTS - 1:
         raise
       time.sleep(0.5 * (attempt + 1))
+  if sqlite:
+    _serialize_sqlite(storage.engine)
+  return storage
+
+
+def _serialize_sqlite(engine) -> None:
+  """Makes each sqlite transaction take the database's write lock as it begins.
+
+  Optuna claims a queued trial, and fails a stale one, by reading its state and then writing
+  it under a row lock; sqlite has no row locks, so two workers could claim the same trial.
+  With BEGIN IMMEDIATE the read and the write are one step.
+  """
+  import sqlalchemy
+
+  sqlalchemy.event.listen(engine, 'begin', lambda conn: conn.exec_driver_sql('BEGIN IMMEDIATE'))
 
 
 def base_fields(config: ml_collections.ConfigDict, search: dict) -> dict:
@@ -189,21 +214,56 @@ def _surplus(study, trial, search: dict) -> bool:
   return len(earlier) >= study.user_attrs['budget']
 
 
+def _heartbeat_interval(storage) -> int | None:
+  return getattr(storage, 'get_heartbeat_interval', lambda: None)()
+
+
+def _claim(storage, trial) -> bool:
+  """Beats for a trial just taken, then marks it claimed; False if it was failed meanwhile."""
+  if _heartbeat_interval(storage):
+    storage.record_heartbeat(trial._trial_id)
+  try:
+    trial.set_user_attr(CLAIM_ATTR, trial.number)  # A retry inherits its original's attributes.
+  except _optuna().exceptions.UpdateFinishedTrialError:
+    return False
+  return True
+
+
+def _fail_unclaimed(study, storage) -> None:
+  """Fails, and queues again, running trials left unclaimed SILENT_BEATS after they started.
+
+  Their worker died between taking one and its first heartbeat; Optuna's fail_stale_trials
+  judges only trials that have beaten, so the other workers would wait for them forever.
+  """
+  optuna = _optuna()
+  running = optuna.trial.TrialState.RUNNING
+  interval = _heartbeat_interval(storage)
+  cutoff = datetime.datetime.now() - datetime.timedelta(seconds=SILENT_BEATS * interval)
+  for trial in study.get_trials(deepcopy=False, states=(running,)):
+    if trial.user_attrs.get(CLAIM_ATTR) == trial.number or trial.datetime_start > cutoff:
+      continue
+    try:
+      if storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
+        storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial._trial_id))
+    except optuna.exceptions.UpdateFinishedTrialError:  # Another worker failed it first.
+      pass
+
+
 def ask(study, search: dict, space: dict, storage) -> list:
   """Up to max_parallel new trials of the study; none once its budget is taken.
 
   Two workers may ask for the last trial at once: the one that gets a surplus trial gives it
-  back as failed, untrained, and stops asking. Each trial beats once at once: Optuna fails as
-  stale only a trial that has beaten, so one killed before its Heartbeat began would stay
-  RUNNING, and the other workers would wait for it forever.
+  back as failed, untrained, and stops asking.
   """
   optuna = _optuna()
-  optuna.storages.fail_stale_trials(study)  # A killed worker's trials, queued again.
+  if _heartbeat_interval(storage):  # A killed worker's trials, queued again.
+    optuna.storages.fail_stale_trials(study)
+    _fail_unclaimed(study, storage)
   asked = []
   while len(asked) < search['max_parallel'] and len(_taken(study)) < study.user_attrs['budget']:
     trial = study.ask(space)
-    if getattr(storage, 'get_heartbeat_interval', lambda: None)():
-      storage.record_heartbeat(trial._trial_id)
+    if not _claim(storage, trial):
+      continue
     if _surplus(study, trial, search):
       trial.set_user_attr('surplus', True)
       study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -250,7 +310,7 @@ class Heartbeat:
     self._storage = storage
     self._ids = [t._trial_id for t in trials]  # Optuna's key of a trial in its storage.
     self._done = threading.Event()
-    interval = getattr(storage, 'get_heartbeat_interval', lambda: None)()
+    interval = _heartbeat_interval(storage)
     self._thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
     if interval:
       self._thread.start()
@@ -324,7 +384,7 @@ def run(config: ml_collections.ConfigDict, search: dict, workdir) -> dict:
   storage = _storage(search)
   study = open_study(search, listed, storage, base_fields(config, search))
   space = distributions(search)
-  splits = None
+  splits = input_pipeline.load_splits(config)  # Before a trial is taken: its heartbeat waits.
   trained = []
   while True:
     trials = ask(study, search, space, storage)
@@ -333,7 +393,6 @@ def run(config: ml_collections.ConfigDict, search: dict, workdir) -> dict:
     if not trials:  # Finished by their workers, or failed as stale and queued again.
       time.sleep(search['heartbeat_seconds'])
       continue
-    splits = splits or input_pipeline.load_splits(config)
     logging.info('Study %s: training trials %s.', study.study_name, [t.number for t in trials])
     train_asked(study, storage, trials, config, splits)
     trained += [t.number for t in trials]
