@@ -13,14 +13,18 @@ pytestmark = pytest.mark.unit
 
 @pytest.mark.parametrize(('signum', 'status'), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_is_recorded_for_the_next_boundary_and_handlers_restored(signum, status, capsys):
-  before = signal.getsignal(signum)
-  with stopping.StopRequests() as stop:
-    assert not stop.requested(1)
-    os.kill(os.getpid(), signum)
-    assert stop.requested(2) and stop.name == signal.Signals(signum).name
-    assert 'stopping at the next step-call boundary' in capsys.readouterr().err
-    assert stopping.Stopped('stopped', stop.signum).exit_status == status
-  assert signal.getsignal(signum) is before
+  fresh = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+  outer = signal.signal(signum, fresh)  # As a fresh process has it, whatever ran here before.
+  try:
+    with stopping.StopRequests() as stop:
+      assert not stop.requested(1)
+      os.kill(os.getpid(), signum)
+      assert stop.requested(2) and stop.name == signal.Signals(signum).name
+      assert 'stopping at the next step-call boundary' in capsys.readouterr().err
+      assert stopping.Stopped('stopped', stop.signum).exit_status == status
+    assert signal.getsignal(signum) is fresh
+  finally:
+    signal.signal(signum, outer)
 
 
 def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
