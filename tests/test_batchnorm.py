@@ -34,6 +34,22 @@ def test_a_resumed_run_carries_the_statistics_bit_exactly(tmp_path, mock_mnist):
     np.testing.assert_array_equal(a, b)
 
 
+def test_measured_statistics_make_evaluation_what_training_computes(tmp_path):
+  """After measure_statistics on some images, evaluating them (running statistics) gives the
+  logits that training mode (their own statistics) gives, and training's statistics change."""
+  config = tiny_config(tmp_path, RESNET)
+  model, variables = build.build_model(config, MNIST_INFO, steps_per_epoch=1)
+  state = build.init_state(config, model, variables)
+  images = np.random.default_rng(0).integers(0, 256, (64, 28, 28, 1), np.uint8)
+  measured = jax.jit(lambda s, x: steps.measure_statistics(model, s, x))(state, images)
+  evaluated, _ = steps.forward(model, measured.variables, images)
+  trained, _ = steps.forward(model, state.variables, images, train=True)
+  np.testing.assert_allclose(evaluated, trained, rtol=1e-4, atol=1e-4)
+  before, _ = steps.forward(model, state.variables, images)
+  assert not np.allclose(before, trained, atol=1e-2), 'the initial statistics already fit'
+  assert jax.tree.all(jax.tree.map(np.array_equal, measured.params, state.params))
+
+
 def statistics_after_one_step(tmp_path) -> list[np.ndarray]:
   """The BatchNorm statistics after one step on a fixed batch of 16, on all devices."""
   config = tiny_config(tmp_path, RESNET)

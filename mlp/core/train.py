@@ -17,6 +17,7 @@ from mlp.core.trainer import (
   compile_programs,
   last_batch_metrics,
   last_step,
+  measure_statistics,
   place_eval_data,
   setup,
   train_steps,
@@ -89,6 +90,7 @@ def train_loop(
         record |= metrics.summarize(sums, 'train_', last_batch_metrics(trainer, state, step))
         sums = metrics.zero_sums()
       if eval_due:
+        state = measure_statistics(trainer, state)
         record |= validate(trainer, state.variables)
       run.write(step, record)
     stop = run.stop_requested(step)

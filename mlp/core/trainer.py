@@ -18,6 +18,8 @@ from mlp.core import build, metrics, steps
 from mlp.core.steps import TrainState
 from mlp.machinery import devices, pacing
 
+STATISTICS_EXAMPLES = 2_000  # Training images over which BatchNorm's statistics are measured.
+
 
 @dataclasses.dataclass(frozen=True)
 class Programs:
@@ -27,6 +29,7 @@ class Programs:
   train_on_indices: Callable
   train_on_batches: Callable
   last_batch_metrics: Callable
+  measure_statistics: Callable
   evaluate: Callable
   probabilities: Callable
 
@@ -46,6 +49,9 @@ def compile_programs(
     train_on_indices=jax.jit(wrap(steps.train_on_indices), **train_kwargs),
     train_on_batches=jax.jit(wrap(steps.train_on_batches), **train_kwargs),
     last_batch_metrics=jax.jit(wrap(steps.last_batch_metrics), out_shardings=replicated),
+    measure_statistics=jax.jit(
+      wrap(steps.measure_statistics), donate_argnums=0, out_shardings=replicated
+    ),
     evaluate=jax.jit(wrap(steps.evaluate), out_shardings=replicated),
     probabilities=jax.jit(
       lambda variables, images: jax.lax.map(
@@ -170,6 +176,19 @@ def last_batch_metrics(trainer: Trainer, state: TrainState, step: int) -> metric
   sharding = devices.batch_sharded(trainer.mesh, 0)
   placed = (devices.put(x, sharding) for x in (images, labels, mask))
   return trainer.programs.last_batch_metrics(state, *placed)
+
+
+def measure_statistics(trainer: Trainer, state: TrainState) -> TrainState:
+  """The state with BatchNorm's statistics measured on the first STATISTICS_EXAMPLES training
+  images (steps.measure_statistics), before each evaluation; unchanged without BatchNorm."""
+  if not jax.tree.leaves(state.model_state):
+    return state
+  batch = trainer.config.optim.batch_size
+  count = max(batch, STATISTICS_EXAMPLES // batch * batch)  # Whole batches split over devices.
+  images = trainer.train.images[np.arange(count) % len(trainer.train)]
+  return trainer.programs.measure_statistics(
+    state, devices.put(images, devices.batch_sharded(trainer.mesh, 0))
+  )
 
 
 def validate(trainer: Trainer, variables: steps.Variables) -> dict:

@@ -196,6 +196,7 @@ def train_trials(
     state, sums = train_epoch(tr, state, done)
     last_batch = trainer.last_batch_metrics(tr, state, done * steps_per_epoch)
     train = _per_trial(sums, 'train_', values, last_batch)
+    state = trainer.measure_statistics(tr, state)
     val = _per_trial(tr.programs.evaluate(state.variables, *tr.validation), 'val_', values)
     records = [t | v for t, v in zip(train, val, strict=True)]
     for i, record in zip(active, records, strict=True):

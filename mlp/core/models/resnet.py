@@ -14,9 +14,10 @@ from flax import nnx
 
 from mlp.core.fields import Role, positive, widths
 
-# The running statistics' decay. Evaluation uses them, and under a constant learning rate they
-# lag the weights: one epoch under Adam 1e-3 tested 93.3% at 0.99, 97.8% at 0.9 and 98.3% at
-# 0.7, against 98.2% with each test batch's own statistics (docs/speedrun.md).
+# The running statistics' decay. Under a constant learning rate they lag the weights: one epoch
+# under Adam 1e-3 tested 93.3% at 0.99, 97.8% at 0.9 and 98.3% at 0.7, against 98.2% with each
+# test batch's own statistics (docs/speedrun.md). Evaluation uses statistics measured anew
+# (steps.measure_statistics); these serve between evaluations.
 MOMENTUM = 0.7
 
 
