@@ -106,7 +106,9 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: item.path not in slow_modules)
 
 
-def run_main(*args: str, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_main(
+  *args: str, cwd=None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
   """main.py in a subprocess, as a user runs it; stdout and stderr captured as text.
 
   env adds to this process's environment (which disables XLA's optimisations, as tests do).
@@ -115,7 +117,7 @@ def run_main(*args: str, cwd=None, env: dict | None = None) -> subprocess.Comple
     [sys.executable, str(ROOT / 'main.py'), *args],
     capture_output=True,
     text=True,
-    timeout=300,
+    timeout=timeout,
     cwd=cwd,
     env={**os.environ, **(env or {})},
   )
@@ -236,10 +238,14 @@ def trained_reader_workdir(tmp_path_factory, real_config) -> Path:
   the one READER_WORKDIR names (a run of that config trained before)."""
   if os.environ.get('READER_WORKDIR'):
     return Path(os.environ['READER_WORKDIR'])
-  return _trained_on_real_mnist(tmp_path_factory, real_config, 'reader')
+  # One step a call, as pacing chooses for a CNN on a CPU, without its one-time measurement (on
+  # CI's critical path); how a run is paced never changes its numbers.
+  return _trained_on_real_mnist(
+    tmp_path_factory, real_config, 'reader', '--config.run.steps_per_call=1'
+  )
 
 
-def _trained_on_real_mnist(tmp_path_factory, real_config, config_name: str) -> Path:
+def _trained_on_real_mnist(tmp_path_factory, real_config, config_name: str, *flags) -> Path:
   """configs/<config_name>.py trained by the command a user runs, XLA's optimisations on."""
   workdir = tmp_path_factory.mktemp(f'trained_{config_name}') / 'run'
   result = run_main(
@@ -247,7 +253,9 @@ def _trained_on_real_mnist(tmp_path_factory, real_config, config_name: str) -> P
     f'--workdir={workdir}',
     f'--config.data.dir={real_config.data.dir}',
     f'--config.run.cache_dir={real_config.run.cache_dir}',
+    *flags,
     env={'JAX_DISABLE_MOST_OPTIMIZATIONS': 'false'},
+    timeout=1200,  # The reader: 4.3 minutes alone, much more beside the other tests.
   )
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
