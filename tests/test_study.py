@@ -167,8 +167,7 @@ def test_best_config_retrains_to_the_studys_accuracy(shared, monkeypatch):
 def queued_study(tmp_path: Path, trials: int) -> tuple[dict, dict]:
   """A study in sqlite with trials queued, as its first worker leaves it; its search and space."""
   search = {**SEARCH, 'storage': f'sqlite:///{tmp_path / "queue.db"}', 'max_parallel': 1}
-  search['random'] = {'optim.learning_rate': ('log_uniform', 1e-6, 3e-2)}
-  search['num_random'] = trials
+  search |= {'random': sweep._flatten(SEARCH['random']), 'num_random': trials}
   listed = sweep.expand(search)
   shared_study.open_study(search, listed, shared_study._storage(search), {})
   return search, shared_study.distributions(search)

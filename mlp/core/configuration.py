@@ -1,9 +1,10 @@
 """The config schema, every field once with its role and check; building and checking configs.
 
 A config is an ml_collections.ConfigDict of groups: `data`, `optim`, `augment`, `outliers`,
-`run`, one per registered model and, at the top, `model` and `seed`; configs/default.py sets
-them all. Tools add groups of their own (mlp/tools/fields.py), never saved with a run. A
-field's Role (mlp/core/fields.py) says what a resume may change and what a sweep may vary.
+`run` (declared in mlp/machinery/run_fields.py), one per registered model and, at the top,
+`model` and `seed`; configs/default.py sets them all. Tools add groups of their own
+(mlp/tools/fields.py), never saved with a run. A field's Role (mlp/core/fields.py) says what a
+resume may change and what a sweep may vary.
 """
 
 import functools
@@ -16,6 +17,7 @@ from input_pipeline.errors import UserError
 from mlp.core import models, outliers
 from mlp.core.fields import Field, Role, at_least, choice, fraction, positive, seed
 from mlp.core.optimizer import OPTIMIZERS, SCHEDULES
+from mlp.machinery import run_fields
 
 _TOP = {
   'model': Field(
@@ -105,34 +107,13 @@ _AUGMENT = {
     0.0, Role.RESULT, 'Share with strokes a pixel thicker or thinner.', same_as_before=True
   ),
 }
-_RUN = {
-  'placement': choice(
-    'device', ('device', 'host'), Role.EXECUTION, "'device': train split on the accelerator."
-  ),
-  'steps_per_call': at_least(0, 0, Role.EXECUTION, 'Training steps per jitted call; 0: an epoch.'),
-  'eval_batch_size': positive(1000, Role.EXECUTION, 'The last batch is padded and masked.'),
-  'compute_dtype': choice(
-    'float32', ('float32', 'bfloat16'), Role.RESULT, 'bfloat16: layers in bf16, float32 params.'
-  ),
-  'matmul_precision': choice(
-    'default', ('default', 'high', 'highest'), Role.EXECUTION, 'jax_default_matmul_precision.'
-  ),
-  'cache_dir': Field(None, Role.EXECUTION, 'None: $XDG_CACHE_HOME/mnist-jax.', kind=str),
-  'compilation_cache': Field(True, Role.EXECUTION, "JAX's persistent compilation cache."),
-  'eval_every_steps': at_least(0, 0, Role.EXECUTION, 'Validate every this many steps; 0: epochs.'),
-  'log_every_steps': at_least(0, 0, Role.EXECUTION, 'Record train means this often; 0: epochs.'),
-  'checkpoint_every_steps': at_least(0, 0, Role.EXECUTION, 'Also checkpoint this often; 0: off.'),
-  'checkpoint_every_epochs': at_least(0, 1, Role.EXECUTION, '0 turns epoch checkpoints off.'),
-  'keep_checkpoints': positive(2, Role.EXECUTION, 'How many of the latest stay on disk.'),
-  'pictures': Field(True, Role.EXECUTION, 'Draw the curves and test pictures after training.'),
-}
 GROUPS: dict[str, dict[str, Field]] = {
   '': _TOP,
   'data': _DATA,
   'optim': _OPTIM,
   'augment': _AUGMENT,
   'outliers': outliers.FIELDS,
-  'run': _RUN,
+  'run': run_fields.FIELDS,
   **{name: model.FIELDS for name, model in models.REGISTRY.items()},
 }
 # Every field by its dotted path: 'optim.batch_size', 'mlp.hidden_sizes', 'seed'.
